@@ -1,0 +1,104 @@
+"""Hook specifications: the whole contract between the toolkit core and a plugin.
+
+A plugin is a module (or object) with functions decorated by `toolkit.hookimpl`, declared in the
+`toolkit` entry-point group of its package::
+
+    [project.entry-points.toolkit]
+    my_plugin = "my_package.toolkit_plugin"
+
+Each `register_*` hook receives a `register(name, factory, config=ConfigDataclass)` callable. The
+recipe section that names the component is validated against `config` (a dataclass; every field
+needs a default) and the factory is called with the resulting instance. The factory signatures for
+each kind are given in the hook docstrings below.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("toolkit")
+hookimpl = pluggy.HookimplMarker("toolkit")
+
+
+@hookspec
+def register_models(register):
+    """Register model families.
+
+    `factory(config) -> torch.nn.Module`. A model may also define
+    `flops_per_token(seq_len) -> float` (training FLOPs per token, forward and backward) so that
+    the engine can report MFU, and `layer_summary() -> list[str]` for `toolkit-train --dry-run`.
+    The factory must work under `with torch.device("meta"):` so dry runs allocate nothing.
+    """
+
+
+@hookspec
+def register_losses(register):
+    """Register losses. `factory(config) -> callable` (usually an `nn.Module`); the task calls it."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets.
+
+    `factory(config, split: str, shard: toolkit.data.ShardInfo) -> toolkit.data.BatchSource`.
+    `split` is "train" or "val". The returned object yields ready batches for this rank's
+    share of each global batch, and saves/restores its position with `state_dict()` /
+    `load_state_dict()` so that a resumed run sees exactly the batches it would have seen.
+    """
+
+
+@hookspec
+def register_tasks(register):
+    """Register tasks.
+
+    `factory(config, loss) -> toolkit.task.Task`, where `loss` is the built loss component or
+    None when the recipe has no `loss` section. A task turns (model, batch) into a
+    `toolkit.task.StepOutput` (loss, item count, metrics).
+    """
+
+
+@hookspec
+def register_routers(register):
+    """Register routers (token- or layer-level compute routing, as in Duo-LLM).
+
+    `factory(config) -> torch.nn.Module`; models that accept a router look it up themselves.
+    """
+
+
+@hookspec
+def register_optimizers(register):
+    """Register optimizers. `factory(config, model: nn.Module) -> torch.optim.Optimizer`.
+
+    The factory decides parameter groups (for example no weight decay on norms and biases).
+    """
+
+
+@hookspec
+def register_schedulers(register):
+    """Register learning-rate schedules.
+
+    `factory(config, optimizer, max_steps: int) -> torch.optim.lr_scheduler.LRScheduler`,
+    stepped once per optimizer step.
+    """
+
+
+@hookspec
+def register_evaluators(register):
+    """Register evaluators run by `toolkit-eval`. `factory(config) -> evaluator`."""
+
+
+@hookspec
+def register_callbacks(register):
+    """Register trainer callbacks. `factory(config) -> toolkit.engine.callbacks.Callback`.
+
+    Callbacks observe the run (step ends, evaluations, saves); they never change the loop.
+    """
+
+
+@hookspec
+def register_recipe_dirs(register):
+    """Register directories holding recipes: `register(path)`.
+
+    `base:` references and recipe names given on the command line are looked up there after the
+    current directory.
+    """
