@@ -1,0 +1,1 @@
+"""Command-line entry points. Only this package prints or exits; library code raises ToolkitError."""

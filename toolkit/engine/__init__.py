@@ -1,0 +1,1 @@
+"""The engine: one trainer for every family, with checkpoints, distributed wrapping and metrics."""

@@ -1,0 +1,98 @@
+"""torch.distributed set-up under torchrun, and DDP / FSDP2 wrapping. No process launcher here:
+multi-process and multi-node runs are started with `torchrun`, which sets RANK, WORLD_SIZE etc."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from toolkit.engine.config import DistConfig
+from toolkit.errors import RecipeError
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(config: DistConfig) -> DistContext:
+    """Join the process group torchrun prepared (if any) and pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device_name = config.device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device(device_name)
+    if world_size > 1 and not dist.is_initialized():
+        backend = config.backend
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, config: DistConfig, context: DistContext) -> nn.Module:
+    """DDP or FSDP2 (`fully_shard`) around the model; the model itself as it is for one process.
+
+    FSDP2 shards each module listed by the model's optional `fsdp_units()` (usually its blocks),
+    then the root, so that parameters are gathered one block at a time.
+    """
+    if not context.distributed:
+        return model
+    if config.strategy == "ddp":
+        device_ids = [context.device.index] if context.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if config.strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        units = getattr(model, "fsdp_units", None)
+        for unit in units() if callable(units) else []:
+            fully_shard(unit)
+        fully_shard(model)
+        return model
+    raise RecipeError(f"dist.strategy: unknown strategy '{config.strategy}'", hint="use 'ddp' or 'fsdp'")
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather_objects(value):
+    """Every rank's `value`, as a list indexed by rank (a one-item list when not distributed)."""
+    if not dist.is_initialized():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

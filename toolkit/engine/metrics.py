@@ -1,0 +1,90 @@
+"""Run logging: the JSONL metrics file, the progress bar, and the matmul peak used for MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+class MetricsLog:
+    """Appends one JSON object per line to `metrics.jsonl` (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool, keep_until_step: int = 0) -> None:
+        """Lines of an earlier run with a step above `keep_until_step` are dropped."""
+        self.path = path
+        self.enabled = enabled
+        if enabled and path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if line.strip() and json.loads(line).get("step", 0) <= keep_until_step:
+                        kept.append(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: drop it
+                    continue
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {key: _plain(value) for key, value in record.items()}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class ProgressBar:
+    """tqdm bar over optimizer steps showing loss, throughput, MFU; ETA comes from tqdm."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, unit: str) -> None:
+        self.unit = unit
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step",
+                        dynamic_ncols=True, mininterval=1.0, leave=True)
+
+    def update(self, loss: float, items_per_second: float, mfu: float | None) -> None:
+        postfix = {"loss": f"{loss:.4f}", f"{self.unit}/s": f"{items_per_second:,.0f}"}
+        if mfu is not None:
+            postfix["mfu"] = f"{100 * mfu:.1f}%"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def measure_peak_flops(device: torch.device, precision: str, size: int = 1024, seconds: float = 0.5) -> float:
+    """FLOP/s of a square matmul in the run's precision: the peak MFU is measured against.
+
+    Measured rather than looked up so that MFU is honest on whatever machine runs (a busy
+    machine lowers both the peak and the run's throughput alike).
+    """
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    left = torch.randn(size, size, device=device, dtype=dtype)
+    right = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        left @ right
+    _synchronize(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        left @ right
+        count += 1
+        _synchronize(device)
+    elapsed = time.perf_counter() - start
+    return 2 * size**3 * count / elapsed
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
