@@ -1,4 +1,4 @@
-"""A third-party toolkit plugin, packaged on its own: an MLP that learns y = sin(3 x0) + x1 x2.
+"""A third-party toolkit plugin, packaged on its own: an MLP that learns y = sin(3 x0) + x1 / 2.
 
 It registers a model, a dataset and a task through the `toolkit` entry-point group, and touches
 nothing in `toolkit/`. The toolkit's tests install it and train it with `toolkit-train`.
@@ -18,7 +18,7 @@ from toolkit.task import StepOutput
 
 @dataclass
 class WaveMLPConfig:
-    in_features: int = 8
+    in_features: int = 2
     hidden: int = 32
 
 
@@ -37,7 +37,7 @@ class WaveMLP(nn.Module):
 class WaveDataConfig:
     batch_size: int = 16  # per rank and micro-step
     num_samples: int = 1024
-    in_features: int = 8
+    in_features: int = 2
 
 
 class WaveData:
@@ -52,7 +52,7 @@ class WaveData:
         generator = np.random.default_rng(1 if split == "val" else 0)
         count = config.num_samples if split == "train" else config.num_samples // 4
         self.inputs = torch.from_numpy(generator.uniform(-1, 1, (count, config.in_features)).astype(np.float32))
-        self.targets = torch.sin(3 * self.inputs[:, 0]) + self.inputs[:, 1] * self.inputs[:, 2]
+        self.targets = torch.sin(3 * self.inputs[:, 0]) + 0.5 * self.inputs[:, 1]
         self.position = 0  # global batches consumed
 
     def _order(self, epoch: int) -> np.ndarray:

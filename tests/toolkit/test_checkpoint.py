@@ -1,0 +1,105 @@
+"""Checkpoints: atomic saves, keep-last, safe loading (no pickled code), clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from toolkit.engine import checkpoint as ckpt
+from toolkit.errors import CheckpointError
+
+
+def content(step: int, model: nn.Module) -> ckpt.CheckpointContent:
+    return ckpt.CheckpointContent(
+        step=step, model=model.state_dict(), optimizer={"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+        scheduler={"last_epoch": step}, trainer_state={"step": step}, recipe_yaml="model: {name: x}\n",
+    )
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_tied_weights_stored_once_and_restored(tmp_path):
+    model = Tied()
+    ckpt.save_weights(model.state_dict(), tmp_path / "w.safetensors")
+    state = ckpt.load_weights(tmp_path / "w.safetensors")
+    assert torch.equal(state["head.weight"], model.embed.weight.detach())
+    fresh = Tied()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.head.weight, model.head.weight)
+
+
+def test_keep_last_and_latest(tmp_path):
+    model = nn.Linear(2, 2)
+    for step in (10, 20, 30, 40):
+        ckpt.save_checkpoint(tmp_path, content(step, model), keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000030", "step-000040"]
+    assert ckpt.resolve_checkpoint(tmp_path).name == "step-000040"
+
+
+def test_crash_during_save_leaves_previous_checkpoint_latest(tmp_path, monkeypatch):
+    model = nn.Linear(2, 2)
+    ckpt.save_checkpoint(tmp_path, content(10, model), keep_last=3)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk pulled out mid-save")
+
+    monkeypatch.setattr(ckpt.os, "rename", crash)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, content(20, model), keep_last=3)
+    monkeypatch.undo()
+    assert ckpt.resolve_checkpoint(tmp_path).name == "step-000010"
+    # the next save clears the half-written temporary directory
+    ckpt.save_checkpoint(tmp_path, content(30, model), keep_last=3)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "optimizer.pt", "wb") as handle:
+        pickle.dump({"state": Exploit()}, handle)
+    with pytest.raises(CheckpointError, match="refused"):
+        ckpt.load_pickle_free(tmp_path / "optimizer.pt")
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_pickle_in_place_of_weights_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "model.safetensors", "wb") as handle:
+        pickle.dump(Exploit(), handle)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        ckpt.load_weights(tmp_path / "model.safetensors")
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        ckpt.resolve_checkpoint(tmp_path / "empty")
+    partial = tmp_path / "step-000005"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="missing trainer_state.json"):
+        ckpt.resolve_checkpoint(partial)
+    with pytest.raises(CheckpointError, match="no such"):
+        ckpt.resolve_checkpoint(tmp_path / "absent")
+
+
+def test_shape_mismatch_is_one_line(tmp_path):
+    ckpt.save_weights(nn.Linear(3, 2).state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=r"'weight' has shape \(2, 3\)"):
+        ckpt.load_state_strict(nn.Linear(4, 2), ckpt.load_weights(tmp_path / "w.safetensors"), tmp_path)

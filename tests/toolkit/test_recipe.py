@@ -1,0 +1,100 @@
+"""Recipes: inheritance, overrides that win, validation with paths and did-you-mean, no code execution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import RecipeError
+from toolkit.plugins import get_registries
+from toolkit.recipe import load_recipe
+
+BASE = """
+model: {name: openelm, num_layers: 2, model_dim: 64}
+task: {name: causal_lm}
+loss: {name: cross_entropy, z_loss: 1.0e-4}
+data: {name: text_shards, seq_len: 32, batch_size: 2}
+optim: {name: adamw, lr: 1.0e-3, weight_decay: 0.1}
+schedule: {name: cosine, warmup_steps: 2}
+trainer: {max_steps: 5, precision: fp32}
+"""
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def registries():
+    return get_registries(refresh=True)
+
+
+def test_base_inheritance_and_overrides_win(tmp_path, registries):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "child.yaml", "base: base.yaml\noptim: {lr: 3.0e-3}\ntrainer: {max_steps: 7}\n")
+    recipe = load_recipe(str(child), ["trainer.max_steps=9", "optim.betas=[0.9,0.95]"], registries)
+    optim = recipe.components["optim"].config
+    assert optim.lr == 3.0e-3  # the child beats its base
+    assert optim.weight_decay == 0.1  # deep merge keeps the base's other keys
+    assert list(optim.betas) == [0.9, 0.95]
+    assert recipe.trainer.max_steps == 9  # the command line beats the file
+    assert recipe.values["trainer"]["max_steps"] == 9
+    assert "base" not in recipe.values
+
+
+def test_interpolation_between_sections(tmp_path, registries):
+    text = BASE.replace("model_dim: 64}", "model_dim: 64, vocab_size: '${data.vocab_size}'}")
+    recipe = load_recipe(str(write(tmp_path, "r.yaml", text)), ["data.vocab_size=512"], registries)
+    assert recipe.components["model"].config.vocab_size == 512
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("optim.lrr=1", ["optim.lrr: unknown key", "did you mean 'lr'"]),
+        ("trainer.max_step=3", ["trainer.max_step: unknown key", "did you mean 'max_steps'"]),
+        ("trainer.max_steps=many", ["trainer.max_steps", "many"]),
+        ("optim.name=adamm", ["optim.name: unknown optimizer 'adamm'", "adamw", "did you mean 'adamw'"]),
+        ("model.name=nope", ["unknown model 'nope'", "openelm-270M"]),
+        ("trainr.max_steps=3", ["unknown recipe section 'trainr'", "did you mean 'trainer'"]),
+        ("oops", ["override 'oops'"]),
+    ],
+)
+def test_bad_recipes_get_one_clear_message(tmp_path, registries, override, fragments):
+    path = write(tmp_path, "r.yaml", BASE)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(str(path), [override], registries)
+    line = caught.value.one_line()
+    for fragment in fragments:
+        assert fragment in line
+
+
+def test_missing_file_and_missing_section(tmp_path, registries):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(str(tmp_path / "nope.yaml"), [], registries)
+    path = write(tmp_path, "r.yaml", BASE.replace("task: {name: causal_lm}\n", ""))
+    with pytest.raises(RecipeError, match="no 'task' section"):
+        load_recipe(str(path), [], registries)
+
+
+def test_inheritance_loop_is_reported(tmp_path, registries):
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\n")
+    with pytest.raises(RecipeError, match="loops"):
+        load_recipe(str(tmp_path / "a.yaml"), [], registries)
+
+
+def test_recipes_never_execute_code(tmp_path, registries):
+    marker = tmp_path / "executed"
+    evil = BASE + f"\nextra: !!python/object/apply:os.system ['touch {marker}']\n"
+    with pytest.raises(RecipeError):
+        load_recipe(str(write(tmp_path, "r.yaml", evil)), [], registries)
+    assert not marker.exists()
+
+
+def test_recipes_found_in_plugin_recipe_dirs(registries):
+    recipe = load_recipe("openelm/270M.yaml", [], registries)
+    assert recipe.components["model"].component.name == "openelm-270M"
