@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import EXAMPLE_RECIPE, run_command
+from helpers import EXAMPLE_RECIPE, run_command
 
 
 def free_port() -> int:

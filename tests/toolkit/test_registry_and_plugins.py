@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import EXAMPLE_RECIPE, assert_one_line_error, run_command
+from helpers import EXAMPLE_RECIPE, assert_one_line_error, run_command
 from toolkit.errors import PluginError, RegistryError
 from toolkit.plugins import get_registries
 from toolkit.registry import Registry

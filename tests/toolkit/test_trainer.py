@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import EXAMPLE_RECIPE, assert_one_line_error, run_command
+from helpers import EXAMPLE_RECIPE, assert_one_line_error, run_command
 from toolkit.engine.trainer import Trainer
 from toolkit.errors import TrainingError
 from toolkit.plugins import get_registries

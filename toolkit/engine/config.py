@@ -17,7 +17,7 @@ class TrainerConfig:
     clip_grad: float = 1.0  # max global grad norm; 0 turns clipping off
     log_every: int = 10  # steps between metrics.jsonl lines
     eval_every: int = 0  # steps between validations; 0 = only at the end
-    eval_batches: int = 0  # validation micro-batches per evaluation; 0 = the whole split
+    eval_batches: int = 0  # validation micro-batches per evaluation, all ranks together; 0 = all
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3  # checkpoints kept; older ones are deleted
     ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights (saved too)

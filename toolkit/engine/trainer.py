@@ -209,8 +209,11 @@ class Trainer:
             return {}
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64)  # [sum of loss * items, items]
+        # eval_batches counts micro-batches over all ranks, so a partial evaluation covers the
+        # same windows whatever the world size.
+        per_rank = -(-self.config.eval_batches // self.context.world_size)
         for index, batch in enumerate(self.val_data):
-            if self.config.eval_batches and index >= self.config.eval_batches:
+            if per_rank and index >= per_rank:
                 break
             with self._autocast():
                 output = self.task.validation_step(self.model, move_to(batch, self.context.device))

