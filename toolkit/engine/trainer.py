@@ -155,9 +155,9 @@ class Trainer:
 
     def _train_step(self, batches) -> dict[str, float]:
         accum = self.config.grad_accum
-        totals = torch.zeros(2, dtype=torch.float64)  # [sum of micro losses, items]
-        flops = 0.0
-        metric_sums: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=self.context.device)  # stays on the device: one sync per step
+        items, flops = 0, 0.0
+        metric_sums: dict[str, torch.Tensor | float] = {}
         for micro_step in range(accum):
             try:
                 batch = move_to(next(batches), self.context.device)
@@ -169,17 +169,19 @@ class Trainer:
                 with self._autocast():
                     output: StepOutput = self.task.training_step(self.model, batch)
                 (output.loss / accum).backward()
-            totals += torch.tensor([output.loss.detach().float().item(), output.items], dtype=torch.float64)
+            loss_sum += output.loss.detach().float()
+            items += output.items
             flops += output.flops or 0.0
             for key, value in output.metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
+                metric_sums[key] = metric_sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value)
         grad_norm = None
         if self.config.clip_grad > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
         # Mean loss across micro-steps and ranks; items and FLOPs summed over ranks.
         keys = sorted(metric_sums)
-        packed = torch.tensor([totals[0].item() / accum, totals[1].item(), flops,
-                               *[metric_sums[k] / accum for k in keys]], dtype=torch.float64)
+        packed = torch.tensor([loss_sum.item() / accum, items, flops,
+                               *[float(metric_sums[k]) / accum for k in keys]],
+                              dtype=torch.float64, device=self.context.device)  # nccl reduces device tensors
         distributed.all_reduce_sum(packed)
         world = self.context.world_size
         loss = packed[0].item() / world
@@ -208,7 +210,7 @@ class Trainer:
         if self.val_data is None:
             return {}
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64)  # [sum of loss * items, items]
+        sums = torch.zeros(2, dtype=torch.float64, device=self.context.device)  # [sum of loss * items, items]
         # eval_batches counts micro-batches over all ranks, so a partial evaluation covers the
         # same windows whatever the world size.
         per_rank = -(-self.config.eval_batches // self.context.world_size)
@@ -217,7 +219,8 @@ class Trainer:
                 break
             with self._autocast():
                 output = self.task.validation_step(self.model, move_to(batch, self.context.device))
-            sums += torch.tensor([output.loss.float().item() * output.items, output.items], dtype=torch.float64)
+            sums[0] += output.loss.double() * output.items
+            sums[1] += output.items
         self.model.train()
         if hasattr(self.model, "reshard"):  # FSDP2 leaves the root unsharded after a forward-only pass
             self.model.reshard()
