@@ -1,1 +1,40 @@
-"""placeholder being written"""
+"""The OpenELM plugin: the OpenELM model family (generic, CPU-sized, and the four published sizes).
+
+Registers models `openelm` (generic; small defaults), `openelm-tiny`, `openelm-270M`,
+`openelm-450M`, `openelm-1_1B`, `openelm-3B`, and the repository's `recipes/` directory so that
+`toolkit-train openelm/tiny.yaml` finds its recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plugins.openelm.config import (
+    PRESETS,
+    LayerWidths,
+    OpenELMConfig,
+    make_divisible,
+)
+from plugins.openelm.model import OpenELM
+from toolkit import hookimpl
+
+__all__ = ["PRESETS", "LayerWidths", "OpenELM", "OpenELMConfig", "build_openelm", "make_divisible"]
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def build_openelm(config: OpenELMConfig) -> OpenELM:
+    """The model factory: builds on the current default device (meta for dry runs)."""
+    return OpenELM(config)
+
+
+@hookimpl
+def register_models(register):
+    for name, config_class in PRESETS.items():
+        register(name, build_openelm, config=config_class)
+
+
+@hookimpl
+def register_recipe_dirs(register):
+    if RECIPES_DIR.is_dir():
+        register(RECIPES_DIR)

@@ -1,0 +1,257 @@
+"""The OpenELM decoder-only transformer, readable top to bottom.
+
+token ids -> embedding -> N x [RMSNorm -> attention -> residual, RMSNorm -> SwiGLU FFN -> residual]
+-> RMSNorm -> tied output head -> logits. Each block has its own widths (layer-wise scaling, see
+config.py). Attention: one fused QKV projection (rows: queries, then keys, then values), per-head
+RMSNorm on queries and keys, rotate-half RoPE applied after that norm, causal grouped-query
+attention (PyTorch's fused SDPA kernel; see `attend` for the CPU exceptions). No biases anywhere.
+The element-wise pieces (RMSNorm, RoPE, SwiGLU) have hand-written backward passes in kernels.py,
+which on CPU makes a training step markedly faster than autograd's versions.
+
+Parameter names follow the Hugging Face `apple/OpenELM-*` layout without its `transformer.` prefix
+(`token_embeddings`, `layers.{i}.attn.qkv_proj`, ...), so export is a rename. Shapes: B batch,
+S sequence, D model width, H query heads, K KV heads, E head width, F FFN width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from plugins.openelm.config import LayerWidths, OpenELMConfig
+from plugins.openelm.kernels import apply_rope, matmul_causal_attention, rms_norm, swiglu
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm with a learned scale: x * rsqrt(mean(x^2) + eps) * weight."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rope_tables(length: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency, each [length, E/2], in float32."""
+    inverse_frequency = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    positions = torch.arange(length, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, inverse_frequency)  # [length, E/2]
+    return angles.cos(), angles.sin()
+
+
+# Longest sequence for which CPU half-precision attention materialises the [S, S] probabilities.
+MATMUL_ATTENTION_MAX_SEQ = 512
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention. q [B, H, S, E], k and v [B, K, S, E] -> [B, H, S, E].
+
+    KV head j serves query heads j*G .. j*G+G-1 (repeat_interleave order). Normally PyTorch's
+    fused SDPA kernel. On CPU in half precision its backward is slow (torch 2.x, S=256, E=64:
+    bf16 flash 2.5x, float32 flash 2x the time of batched bf16 matmuls), so short sequences use
+    plain batched matmuls with a hand-written backward (kernels.py), and long ones run SDPA in
+    float32 (autocast off, or it would cast them back).
+    """
+    grouped = k.shape[1] != q.shape[1]
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        if q.shape[2] <= MATMUL_ATTENTION_MAX_SEQ:
+            return matmul_causal_attention(q, k, v)
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=grouped)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention with Q/K RMSNorm and rotary positions."""
+
+    def __init__(self, config: OpenELMConfig, widths: LayerWidths) -> None:
+        super().__init__()
+        self.num_query_heads = widths.num_query_heads
+        self.num_kv_heads = widths.num_kv_heads
+        self.head_dim = config.head_dim
+        fused_heads = self.num_query_heads + 2 * self.num_kv_heads
+        self.qkv_proj = nn.Linear(config.model_dim, fused_heads * self.head_dim, bias=False)
+        # Per-head norms keep attention logits bounded however large the projections grow.
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.normalize_qk else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.normalize_qk else None
+        self.out_proj = nn.Linear(self.num_query_heads * self.head_dim, config.model_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        qkv = self.qkv_proj(x).view(batch, seq, -1, self.head_dim)  # [B, S, H + 2K, E]
+        q, k, v = qkv.split([self.num_query_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # [B, S, H, E], [B, S, K, E]
+        # Heads before positions for attention: contiguous views for q and k (see apply_rope).
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, E]
+        out = out.transpose(1, 2).reshape(batch, seq, self.num_query_heads * self.head_dim)  # [B, S, H*E]
+        return self.out_proj(out)  # [B, S, D]
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: proj_2(silu(gate) * up), with gate and up computed by one fused matmul (gate first)."""
+
+    def __init__(self, config: OpenELMConfig, widths: LayerWidths) -> None:
+        super().__init__()
+        self.proj_1 = nn.Linear(config.model_dim, 2 * widths.ffn_dim, bias=False)
+        self.proj_2 = nn.Linear(widths.ffn_dim, config.model_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_2(swiglu(self.proj_1(x)))  # [B, S, 2F] -> [B, S, F] -> [B, S, D]
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, config: OpenELMConfig, widths: LayerWidths) -> None:
+        super().__init__()
+        self.widths = widths
+        self.attn_norm = RMSNorm(config.model_dim, config.norm_eps)
+        self.attn = Attention(config, widths)
+        self.ffn_norm = RMSNorm(config.model_dim, config.norm_eps)
+        self.ffn = FeedForward(config, widths)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)  # [B, S, D]
+        return x + self.ffn(self.ffn_norm(x))  # [B, S, D]
+
+
+class OpenELM(nn.Module):
+    """OpenELM language model: `model(input_ids [B, S]) -> logits [B, S, V]` (float32)."""
+
+    def __init__(self, config: OpenELMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embeddings = nn.Embedding(config.vocab_size, config.model_dim)
+        self.layers = nn.ModuleList(Block(config, widths) for widths in config.layer_widths())
+        self.norm = RMSNorm(config.model_dim, config.norm_eps)
+        # Untied models get their own head (Hugging Face's name for it); tied ones reuse the embedding.
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.model_dim, config.vocab_size, bias=False)
+        # Derived from the config, so not saved: checkpoints hold only learned weights.
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 / nanoGPT initialisation, and the RoPE tables.
+
+        Every matrix ~ N(0, init_std) (0.02: the usual choice at these widths, and with a tied
+        head it keeps initial logits near zero so the first loss is close to ln V); the two
+        projections that write into the residual stream (out_proj, proj_2) are scaled down by
+        sqrt(2 * num_layers) so the residual variance does not grow with depth; norms start at
+        one. Safe on the meta device, and callable again after `to_empty()` to materialise.
+        """
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.num_layers)
+        for name, parameter in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(parameter)
+            elif name.endswith(("out_proj.weight", "proj_2.weight")):
+                nn.init.normal_(parameter, mean=0.0, std=residual_std)
+            else:
+                nn.init.normal_(parameter, mean=0.0, std=std)
+        device = self.token_embeddings.weight.device
+        cos, sin = rope_tables(self.config.max_context_length, self.config.head_dim, self.config.rope_theta, device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def _rope(self, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [S, 1, E/2] for positions 0..S-1 (computed afresh past max_context_length)."""
+        if seq <= self.rope_cos.shape[0]:
+            cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
+        else:
+            cos, sin = rope_tables(seq, self.config.head_dim, self.config.rope_theta, self.rope_cos.device)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        cos, sin = self._rope(input_ids.shape[1])  # [S, 1, E/2]
+        x = self.token_embeddings(input_ids)  # [B, S, D]
+        for layer in self.layers:
+            if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
+        x = self.norm(x)  # [B, S, D]
+        head = self.token_embeddings.weight if self.lm_head is None else self.lm_head.weight  # [V, D]
+        # Losses want float32 logits (log-softmax over V in bf16 loses digits); a no-op in fp32.
+        return F.linear(x, head).float()  # [B, S, V]
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules FSDP shards one by one (the engine's `dist.strategy: fsdp`): the blocks."""
+        return list(self.layers)
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once (a tied head is the embedding); optionally without the embedding."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.token_embeddings.weight.numel() if exclude_embeddings else total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6 N + 12 L H Q T.
+
+        N counts the parameters that take part in a matmul: everything but the input embedding
+        lookup, with the output head counted once (tied, it is the embedding table, so then N is
+        all parameters). Norm scales are included; they are a rounding error. The attention term
+        sums 12 * H_i * E * T over the layers, since OpenELM's layers differ in heads.
+        """
+        matmul_parameters = self.num_parameters(exclude_embeddings=True)
+        if self.lm_head is None:
+            matmul_parameters += self.token_embeddings.weight.numel()  # the tied output head
+        attention = sum(12 * layer.widths.num_query_heads * self.config.head_dim * seq_len for layer in self.layers)
+        return float(6 * matmul_parameters + attention)
+
+    def layer_summary(self) -> list[str]:
+        """One line per block: widths and parameter count, for `toolkit-train --dry-run`."""
+        lines = []
+        for index, layer in enumerate(self.layers):
+            widths = layer.widths
+            count = sum(p.numel() for p in layer.parameters())
+            lines.append(
+                f"layer {index:2d}: query heads {widths.num_query_heads:3d}, kv heads {widths.num_kv_heads:2d}, "
+                f"ffn dim {widths.ffn_dim:5d}, params {count / 1e6:.2f}M"
+            )
+        return lines
+
+    # --- a minimal sampler for demos (no KV cache: each step re-reads the whole context) ----------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Extend `input_ids` [B, S] by up to `max_new_tokens`; temperature 0 is greedy decoding."""
+        tokens = input_ids
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for _ in range(max_new_tokens):
+            logits = self(tokens[:, -self.config.max_context_length:])[:, -1]  # [B, V]
+            if temperature <= 0:
+                next_token = logits.argmax(dim=-1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth_best = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth_best, float("-inf"))
+                next_token = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+            if eos_id is not None:
+                next_token = torch.where(finished, torch.full_like(next_token, eos_id), next_token)
+                finished |= next_token == eos_id
+            tokens = torch.cat((tokens, next_token[:, None]), dim=1)  # [B, S + 1]
+            if eos_id is not None and bool(finished.all()):
+                break
+        return tokens
