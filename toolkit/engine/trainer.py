@@ -22,6 +22,7 @@ from toolkit.data import ShardInfo
 from toolkit.engine import checkpoint as ckpt
 from toolkit.engine import distributed
 from toolkit.engine.ema import ExponentialMovingAverage
+from toolkit.engine.malloc import keep_freed_memory_for_reuse
 from toolkit.engine.metrics import MetricsLog, ProgressBar, measure_peak_flops
 from toolkit.engine.state import load_training_state, training_state_dicts
 from toolkit.errors import TrainingError
@@ -60,6 +61,8 @@ class Trainer:
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
         self.context = distributed.setup(recipe.dist)
+        if self.context.device.type == "cpu":
+            keep_freed_memory_for_reuse()
         self.run_dir = Path(self.config.out_dir)
         self.step = 0
         self.last_checkpoint: Path | None = None
