@@ -1,0 +1,82 @@
+"""`toolkit-gsm-symbolic`: generate GSM-Symbolic data sets from templates.
+
+    toolkit-gsm-symbolic generate --variant symbolic --instances 50 --seed 0 --out symbolic.jsonl
+    toolkit-gsm-symbolic generate --templates ~/ml-gsm-symbolic/templates --variant p1 --out p1.jsonl
+    toolkit-gsm-symbolic generate --original --out original.jsonl
+
+Templates are read from `DIR/<variant>/*.json` (the official layout); without `--templates` the
+project's own templates shipped with the package are used. Rows follow the official generated-data
+format plus `variant` and `values`, one JSON object per line, template by template.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from plugins.gsm_symbolic.errors import TemplateError
+from plugins.gsm_symbolic.sampler import DEFAULT_MAX_TRIES, generate_rows
+from plugins.gsm_symbolic.template import load_templates
+from toolkit.cli.common import run_cli
+
+# Variants whose templates are files in the official layout. The rewriting variants of issue 3
+# (names, numbers, noop) are not built yet, so they are not offered.
+FILE_VARIANTS = ("symbolic", "p1", "p2")
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="toolkit-gsm-symbolic", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="write a JSONL data set of template instances")
+    generate.add_argument("--templates", type=Path, default=None,
+                          help="folder holding <variant>/NNNN.json (default: the shipped templates)")
+    generate.add_argument("--variant", choices=FILE_VARIANTS, default="symbolic")
+    generate.add_argument("--instances", type=int, default=50, help="instances per template")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--original", action="store_true",
+                          help="one instance per template with every variable at its original value")
+    generate.add_argument("--max-tries", type=int, default=DEFAULT_MAX_TRIES,
+                          help="rejection-sampling draws per instance before giving up")
+    generate.add_argument("--out", type=Path, required=True, help="output .jsonl file")
+    return parser.parse_args(argv)
+
+
+def write_jsonl_atomically(path: Path, rows: list[dict]) -> None:
+    """Write next to `path`, then rename, so a crash never leaves a half-written data set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            for row in rows:
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def run(argv: list[str]) -> int:
+    arguments = parse_arguments(argv)
+    if arguments.instances < 1 or arguments.max_tries < 1:
+        raise TemplateError("--instances and --max-tries must be at least 1")
+    templates = load_templates(arguments.templates, arguments.variant)
+    instances = 1 if arguments.original else arguments.instances
+    rows = []
+    for template in templates:
+        rows.extend(generate_rows(template, instances, arguments.seed, original=arguments.original,
+                                  variant=arguments.variant, max_tries=arguments.max_tries))
+    write_jsonl_atomically(arguments.out, rows)
+    print(f"wrote {len(rows)} rows from {len(templates)} templates to {arguments.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(run, argv))
+
+
+if __name__ == "__main__":
+    main()

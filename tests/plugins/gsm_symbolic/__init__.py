@@ -1,0 +1,1 @@
+"""Tests of the GSM-Symbolic template engine."""

@@ -1,0 +1,41 @@
+"""`toolkit-gsm-symbolic generate`, run in-process through the same entry point the script uses."""
+
+from __future__ import annotations
+
+import json
+
+from plugins.gsm_symbolic.cli import run
+from plugins.gsm_symbolic.template import load_templates
+from toolkit.cli.common import run_cli
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_generate_writes_rows_for_every_template(tmp_path):
+    out = tmp_path / "sets" / "symbolic.jsonl"
+    assert run(["generate", "--instances", "3", "--seed", "4", "--out", str(out)]) == 0
+    rows = read_rows(out)
+    templates = load_templates()
+    assert len(rows) == 3 * len(templates)
+    assert {row["id"] for row in rows} == {template.id_shuffled for template in templates}
+    assert all(row["answer"].splitlines()[-1].startswith("#### ") for row in rows)
+    assert [path.name for path in out.parent.iterdir()] == ["symbolic.jsonl"]  # no temporary left
+    again = tmp_path / "again.jsonl"
+    run(["generate", "--instances", "3", "--seed", "4", "--out", str(again)])
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_generate_original_reproduces_questions(tmp_path):
+    out = tmp_path / "original.jsonl"
+    assert run(["generate", "--original", "--out", str(out)]) == 0
+    for row in read_rows(out):
+        assert row["question"] == row["original_question"] and row["answer"] == row["original_answer"]
+
+
+def test_missing_template_folder_is_a_one_line_error(tmp_path, capsys):
+    code = run_cli(run, ["generate", "--templates", str(tmp_path), "--variant", "p1", "--out", str(tmp_path / "x.jsonl")])
+    assert code == 2
+    assert "no such template folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
