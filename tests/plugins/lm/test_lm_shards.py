@@ -63,6 +63,7 @@ def test_write_and_read_back_byte_identical(tmp_path):
     first = write_text_shards(documents, tmp_path / "a", val_fraction=0.25, shard_size_bytes=200)
     second = write_text_shards(documents, tmp_path / "b", val_fraction=0.25, shard_size_bytes=200)
     assert first.documents == {"train": 9, "val": 3}
+    assert second.shards == first.shards
     assert len(first.shards["train"]) > 1  # the size limit rolls shards over
     for split in ("train", "val"):
         for name in first.shards[split]:
