@@ -2,9 +2,11 @@
 
     toolkit-gsm-symbolic generate --variant symbolic --instances 50 --seed 0 --out symbolic.jsonl
     toolkit-gsm-symbolic generate --templates ~/ml-gsm-symbolic/templates --variant p1 --out p1.jsonl
+    toolkit-gsm-symbolic generate --variant noop --instances 50 --out noop.jsonl
     toolkit-gsm-symbolic generate --original --out original.jsonl
 
-Templates are read from `DIR/<variant>/*.json` (the official layout); without `--templates` the
+Templates are read from `DIR/<variant>/*.json` (the official layout; names, numbers and noop
+rewrite the instances of `DIR/symbolic/`); without `--templates` the
 project's own templates shipped with the package are used. Rows follow the official generated-data
 format plus `variant` and `values`, one JSON object per line, template by template.
 """
@@ -19,13 +21,9 @@ import tempfile
 from pathlib import Path
 
 from plugins.gsm_symbolic.errors import TemplateError
-from plugins.gsm_symbolic.sampler import DEFAULT_MAX_TRIES, generate_rows
+from plugins.gsm_symbolic.sampler import DEFAULT_MAX_TRIES, VARIANTS, generate_rows
 from plugins.gsm_symbolic.template import load_templates
 from toolkit.cli.common import run_cli
-
-# Variants whose templates are files in the official layout. The rewriting variants of issue 3
-# (names, numbers, noop) are not built yet, so they are not offered.
-FILE_VARIANTS = ("symbolic", "p1", "p2")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -34,7 +32,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     generate = commands.add_parser("generate", help="write a JSONL data set of template instances")
     generate.add_argument("--templates", type=Path, default=None,
                           help="folder holding <variant>/NNNN.json (default: the shipped templates)")
-    generate.add_argument("--variant", choices=FILE_VARIANTS, default="symbolic")
+    generate.add_argument("--variant", choices=VARIANTS, default="symbolic",
+                          help="symbolic/p1/p2: templates of DIR/<variant>/, every variable sampled; "
+                               "names or numbers: only that kind re-sampled (DIR/symbolic/); "
+                               "noop: symbolic plus one inconsequential clause")
     generate.add_argument("--instances", type=int, default=50, help="instances per template")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--original", action="store_true",

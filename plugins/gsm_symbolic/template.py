@@ -252,10 +252,15 @@ def builtin_templates_dir() -> Path:
     return Path(__file__).parent / "templates"
 
 
+# Variants that rewrite symbolic instances read the symbolic templates; p1/p2 have their own files.
+TEMPLATE_FOLDERS = {"names": "symbolic", "numbers": "symbolic", "noop": "symbolic"}
+
+
 def load_templates(directory: str | Path | None = None, variant: str = "symbolic") -> list[Template]:
-    """All `DIR/<variant>/*.json` templates (the official layout), sorted by file name."""
+    """All `DIR/<folder>/*.json` templates (the official layout), sorted by file name; the folder
+    is the variant's name, except that names/numbers/noop read `DIR/symbolic/`."""
     root = Path(directory) if directory is not None else builtin_templates_dir()
-    folder = root / variant
+    folder = root / TEMPLATE_FOLDERS.get(variant, variant)
     if not folder.is_dir():
         raise TemplateError(f"{folder}: no such template folder (expected DIR/{variant}/NNNN.json)")
     paths = sorted(folder.glob("*.json"))

@@ -49,8 +49,9 @@ def with_annotation(question_annotated: str) -> dict:
     return {**SMALL, "question_annotated": question_annotated}
 
 
-def test_at_least_six_templates_are_shipped():
-    assert len(SHIPPED) >= 6
+def test_at_least_twenty_five_templates_are_shipped():
+    assert len(SHIPPED) >= 25
+    assert [path.name for path in SHIPPED[:25]] == [f"{number:04d}.json" for number in range(25)]
     assert [template.path for template in load_templates()] == [str(path) for path in SHIPPED]
 
 
