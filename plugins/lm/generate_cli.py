@@ -5,7 +5,8 @@
 RUN_OR_CHECKPOINT_DIR is a run directory (its latest checkpoint is used) or one `step-NNNNNN/`.
 The tokenizer is the run's `tokenizer.model` (copied there at training time), else the recipe's
 `data.tokenizer`. The prompt is given to the model after an end-of-text token, as a document start
-looks in training, and sampling stops at the next end-of-text token.
+looks in training, and sampling stops at the next end-of-text token. The text is streamed to
+stdout as tokens are generated (with the model's KV cache when it has one).
 """
 
 from __future__ import annotations
@@ -52,6 +53,46 @@ def find_tokenizer(run_dir: Path, recipe: dict[str, Any]) -> Tokenizer:
                     hint="copy the tokenizer the run was trained with to " + str(run_dir / TOKENIZER_FILE))
 
 
+class TextStream:
+    """Writes the decoded text as tokens arrive: the prompt at once, then each token's new characters.
+
+    Prompt and continuation are always decoded together (pieces joining across the boundary stay
+    intact) and only the characters beyond those already written go out. Text ending in an
+    incomplete UTF-8 sequence (U+FFFD) is held back until the next token completes it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], out) -> None:
+        self.tokenizer, self.prompt_ids, self.out = tokenizer, list(prompt_ids), out
+        self.new_ids: list[int] = []
+        self.written = ""
+        self.done = False
+        self._emit(tokenizer.decode(self.prompt_ids), final=False)
+
+    def _emit(self, text: str, final: bool) -> None:
+        if not final:
+            text = text.rstrip("\ufffd")
+        if text.startswith(self.written) and len(text) > len(self.written):
+            self.out.write(text[len(self.written):])
+            self.out.flush()
+            self.written = text
+
+    def add(self, token_id: int) -> None:
+        if self.done or token_id == self.tokenizer.eos_id:
+            self.done = True
+            return
+        self.new_ids.append(token_id)
+        self._emit(self.tokenizer.decode(self.prompt_ids + self.new_ids), final=False)
+
+    def finish(self, new_ids: list[int]) -> None:
+        """Writes whatever is left of the full text of prompt + `new_ids`, and a newline."""
+        text = self.tokenizer.decode(self.prompt_ids + list(new_ids))
+        self._emit(text, final=True)
+        if not text.startswith(self.written):  # decoding was not prefix-stable: should not happen
+            self.out.write("\n" + text)
+        self.out.write("\n")
+        self.out.flush()
+
+
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     from toolkit.engine.checkpoint import load_model  # the core's loader; heavy, so only here
@@ -65,6 +106,7 @@ def run(argv: list[str]) -> int:
     model_device = next(iter(loaded.model.parameters()), torch.empty(0)).device
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model_device)  # [1, T]
     generator = torch.Generator(device=model_device).manual_seed(arguments.seed)
+    stream = TextStream(tokenizer, prompt_ids[1:], sys.stdout)
     output = generate(
         loaded.model,
         input_ids,
@@ -74,12 +116,12 @@ def run(argv: list[str]) -> int:
         top_p=arguments.top_p if arguments.top_p < 1.0 else None,
         eos_id=tokenizer.eos_id,
         generator=generator,
+        on_tokens=lambda next_ids: stream.add(int(next_ids[0])),
     )[0].tolist()
     new_ids = output[len(prompt_ids):]
     if tokenizer.eos_id in new_ids:
         new_ids = new_ids[:new_ids.index(tokenizer.eos_id)]
-    # Decoding prompt and continuation together keeps pieces that join across the boundary intact.
-    print(tokenizer.decode(prompt_ids[1:] + new_ids))
+    stream.finish(new_ids)
     return 0
 
 

@@ -8,6 +8,9 @@ attention (PyTorch's fused SDPA kernel; see `attend` for the CPU exceptions). No
 The element-wise pieces (RMSNorm, RoPE, SwiGLU) have hand-written backward passes in kernels.py,
 which on CPU makes a training step markedly faster than autograd's versions.
 
+Inference: `make_cache` + `forward_step` decode with a preallocated per-layer KV cache
+(kv_cache.py), including left-padded batches; `forward` (the training path) takes no cache.
+
 Parameter names follow the Hugging Face `apple/OpenELM-*` layout without its `transformer.` prefix
 (`token_embeddings`, `layers.{i}.attn.qkv_proj`, ...), so export is a rename. Shapes: B batch,
 S sequence, D model width, H query heads, K KV heads, E head width, F FFN width, V vocabulary.
@@ -23,7 +26,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from plugins.openelm.config import LayerWidths, OpenELMConfig
-from plugins.openelm.kernels import apply_rope, matmul_causal_attention, rms_norm, swiglu
+from plugins.openelm.kernels import (
+    apply_rope,
+    matmul_causal_attention,
+    rms_norm,
+    rms_norm_reference,
+    rope_reference,
+    swiglu,
+    swiglu_reference,
+)
+from plugins.openelm.kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -36,6 +48,12 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
+
+    def inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same norm as plain tensor ops (float32 at least): no autograd.Function call overhead,
+        which dominates at decoding's one token per step."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        return rms_norm_reference(x.to(dtype), self.weight.to(dtype), self.eps).to(x.dtype)
 
 
 def rope_tables(length: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,16 +102,39 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.normalize_qk else None
         self.out_proj = nn.Linear(self.num_query_heads * self.head_dim, config.model_dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inference: bool = False):
+        """q [B, S, H, E], k [B, S, K, E] (normed, rotated) and v [B, S, K, E] from x [B, S, D].
+
+        cos, sin are [S, 1, E/2] (positions shared by the batch) or [B, S, 1, E/2] (per row).
+        `inference` uses plain tensor ops instead of the autograd kernels (same function).
+        """
         batch, seq, _ = x.shape
         qkv = self.qkv_proj(x).view(batch, seq, -1, self.head_dim)  # [B, S, H + 2K, E]
         q, k, v = qkv.split([self.num_query_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = (self.q_norm.inference(q), self.k_norm.inference(k)) if inference else (self.q_norm(q), self.k_norm(k))
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # [B, S, H, E], [B, S, K, E]
+        rope = rope_reference if inference else apply_rope
+        return rope(q, cos, sin), rope(k, cos, sin), v  # [B, S, H, E], [B, S, K, E] x 2
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q, k, v = self._project(x, cos, sin)
         # Heads before positions for attention: contiguous views for q and k (see apply_rope).
         out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, E]
+        out = out.transpose(1, 2).reshape(batch, seq, self.num_query_heads * self.head_dim)  # [B, S, H*E]
+        return self.out_proj(out)  # [B, S, D]
+
+    def forward_step(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, layer: int,
+                     mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+        """Attention of the new tokens x [B, S, D] over the cached ones and themselves (inference)."""
+        batch, seq, _ = x.shape
+        q, k, v = self._project(x, cos, sin, inference=True)
+        keys, values = cache.write(layer, k.transpose(1, 2), v.transpose(1, 2))  # [B, K, L, E] each
+        q = q.transpose(1, 2)  # [B, H, S, E]
+        keys, values = keys.to(q.dtype), values.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=is_causal,
+                                             enable_gqa=self.num_kv_heads != self.num_query_heads)
         out = out.transpose(1, 2).reshape(batch, seq, self.num_query_heads * self.head_dim)  # [B, S, H*E]
         return self.out_proj(out)  # [B, S, D]
 
@@ -124,6 +165,11 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)  # [B, S, D]
         return x + self.ffn(self.ffn_norm(x))  # [B, S, D]
+
+    def forward_step(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, layer: int,
+                     mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+        x = x + self.attn.forward_step(self.attn_norm.inference(x), cos, sin, cache, layer, mask, is_causal)
+        return x + self.ffn.proj_2(swiglu_reference(self.ffn.proj_1(self.ffn_norm.inference(x))))  # [B, S, D]
 
 
 class OpenELM(nn.Module):
@@ -184,6 +230,59 @@ class OpenELM(nn.Module):
         x = self.norm(x)  # [B, S, D]
         head = self.token_embeddings.weight if self.lm_head is None else self.lm_head.weight  # [V, D]
         # Losses want float32 logits (log-softmax over V in bf16 loses digits); a no-op in fp32.
+        return F.linear(x, head).float()  # [B, S, V]
+
+    # --- cached decoding (inference only; `forward` above is the training path) -------------------
+
+    def make_cache(self, batch_size: int, max_length: int, device=None, dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `max_length` positions (prompt + new tokens).
+
+        One key and one value buffer [B, K_i, max_length, E] per layer, K_i that layer's KV heads;
+        device and dtype default to the model's.
+        """
+        weight = self.token_embeddings.weight
+        kv_heads = [layer.attn.num_kv_heads for layer in self.layers]
+        return KVCache(kv_heads, batch_size, max_length, self.config.head_dim,
+                       device=weight.device if device is None else device,
+                       dtype=weight.dtype if dtype is None else dtype)
+
+    @torch.no_grad()
+    def forward_step(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache,
+        attention_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, S, V] (or [B, 1, V] with `last_only`) for `input_ids` [B, S] following `cache`.
+
+        Appends the new keys and values to `cache`. `attention_mask` [B, S] (1 = token, 0 = padding)
+        is for a left-padded prompt: padding is never attended and each row's RoPE positions start
+        at 0 on its first real token. Prefill with the whole prompt, then feed one token per step.
+        """
+        seq = input_ids.shape[1]
+        start = cache.length
+        positions = cache.begin(attention_mask, seq)  # [B, S]
+        mask = cache.attention_mask(seq)  # [B, 1, S, L] or None
+        # A fresh, unpadded prompt is plain causal attention: let SDPA use its causal kernels.
+        is_causal = start == 0 and not cache.padded and seq > 1
+        if is_causal:
+            mask = None
+        needed = cache.length + seq  # positions never exceed slots (no host sync to find the largest)
+        if needed <= self.rope_cos.shape[0]:
+            cos_table, sin_table = self.rope_cos, self.rope_sin
+        else:
+            cos_table, sin_table = rope_tables(needed, self.config.head_dim, self.config.rope_theta,
+                                               self.rope_cos.device)
+        cos, sin = cos_table[positions].unsqueeze(2), sin_table[positions].unsqueeze(2)  # [B, S, 1, E/2]
+        x = self.token_embeddings(input_ids)  # [B, S, D]
+        for index, layer in enumerate(self.layers):
+            x = layer.forward_step(x, cos, sin, cache, index, mask, is_causal)
+        cache.advance(seq)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm.inference(x)
+        head = self.token_embeddings.weight if self.lm_head is None else self.lm_head.weight  # [V, D]
         return F.linear(x, head).float()  # [B, S, V]
 
     def fsdp_units(self) -> list[nn.Module]:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 from torch import nn
 
-from plugins.lm.sampling import filter_logits, generate, max_context_length
+from plugins.lm.generate_cli import TextStream
+from plugins.lm.sampling import (
+    filter_logits,
+    generate,
+    generate_text,
+    max_context_length,
+)
 
 VOCAB = 11
 EOS = 2
@@ -64,3 +72,56 @@ def test_context_is_cropped_to_the_model_limit():
     assert max_context_length(model) == 4
     output = generate(model, torch.tensor([[0, 1, 3, 4, 5]]), max_new_tokens=3)
     assert output.shape == (1, 8)
+
+
+class DigitTokenizer:
+    """Token i <-> the character str(i) for i < 10 ('X' for 10); EOS is token 2."""
+
+    eos_id = EOS
+
+    def encode(self, text):
+        return [10 if c == "X" else int(c) for c in text]
+
+    def decode(self, ids):
+        return "".join("X" if i == 10 else str(i) for i in ids)
+
+
+def test_generate_text_without_a_cache_groups_equal_lengths_and_stops():
+    model = CountingLM()
+    tokenizer = DigitTokenizer()
+    # 3 -> 4 5 6 EOS; 7 -> 8 9 X 0 1 EOS; "03" -> 4 5 6 EOS; "8" -> 9 X 0 1 EOS.
+    assert generate_text(model, tokenizer, ["3", "7", "03", "8"], 10, batch_size=4) == ["456", "89X01", "456", "9X01"]
+    assert generate_text(model, tokenizer, ["7", "8"], 10, stop=["0"]) == ["89X", "9X"]
+    assert generate_text(model, tokenizer, ["7"], 3) == ["89X"]  # max_new_tokens reached first
+
+
+def test_streaming_callback_and_custom_finish():
+    model = CountingLM()
+    seen = []
+    output = generate(model, torch.tensor([[7]]), 10, on_tokens=lambda ids: seen.append(ids.tolist()),
+                      is_finished=lambda new: (new == 10).any(dim=1))
+    assert output[0].tolist() == [7, 8, 9, 10]  # stopped once the row produced token 10
+    assert seen == [[8], [9], [10]]
+
+
+def test_text_stream_writes_as_tokens_arrive_and_holds_incomplete_characters():
+    class Pieces:
+        eos_id = 0
+        def decode(self, ids):  # token 3 then 4 is one character "é" (as byte-fallback pieces would be)
+            table = {1: "ab", 2: "c", 3: "\ufffd", 4: "d"}
+            text = "".join(table[i] for i in ids)
+            return text.replace("\ufffdd", "é")
+
+    out = io.StringIO()
+    stream = TextStream(Pieces(), [1], out)
+    assert out.getvalue() == "ab"
+    stream.add(2)
+    assert out.getvalue() == "abc"
+    stream.add(3)
+    assert out.getvalue() == "abc"  # held back: an incomplete character
+    stream.add(4)
+    assert out.getvalue() == "abcé"
+    stream.add(0)
+    stream.add(2)  # after EOS nothing more is written
+    stream.finish([2, 3, 4])
+    assert out.getvalue() == "abcé\n"

@@ -1,0 +1,24 @@
+"""Evaluators for causal language models, run by `toolkit-eval`.
+
+Registers
+    evaluator `perplexity`    token-level perplexity over text shards (default: builtin Shakespeare val)
+    evaluator `gsm8k`         8-shot chain-of-thought accuracy on the GSM8K test split
+    evaluator `gsm_symbolic`  the same protocol on GSM-Symbolic instance sets, with per-set spread
+
+Models are toolkit checkpoint or run directories, loaded into a `LanguageModel` handle (model,
+tokenizer, device; `score_tokens`, `loglikelihood`, `generate_until`).
+"""
+
+from __future__ import annotations
+
+from plugins.lm_eval.model import LanguageModel, load_language_model
+from toolkit import hookimpl
+
+__all__ = ["LanguageModel", "load_language_model"]
+
+
+@hookimpl
+def register_evaluators(register):
+    from plugins.lm_eval.evaluators import register_all
+
+    register_all(register)

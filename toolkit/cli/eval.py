@@ -1,0 +1,94 @@
+"""`toolkit-eval EVALUATOR --model SPEC [--limit N] [--batch-size N] [--output DIR] [key=value ...]`.
+
+Runs any registered evaluator on any model it can load. `key=value` set fields of the evaluator's
+config dataclass (checked like recipe sections). Writes `results.json` and `samples.jsonl` to the
+output directory; an interrupted run resumes from `samples.partial.jsonl` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from toolkit.cli.common import run_cli
+from toolkit.errors import RecipeError
+from toolkit.evaluation import RESULTS_FILE, EvaluationError, run_evaluation
+from toolkit.plugins import get_registries
+from toolkit.recipe import build_config
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="toolkit-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("evaluator", help="evaluator name (toolkit-plugins lists them)")
+    parser.add_argument("options", nargs="*", help="evaluator options as key=value")
+    parser.add_argument("--model", required=True, help="toolkit checkpoint or run directory")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="evaluate at most N items (windows, questions, or templates per set)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output", type=Path, default=None, help="default: eval/<evaluator>-<model dir name>")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_intermixed_args(argv)
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise EvaluationError(f"evaluator option '{pair}' is not key=value")
+        options[key.strip()] = value
+    return options
+
+
+def main_with_arguments(argv: list[str]) -> int:
+    arguments = parse_arguments(argv)
+    if arguments.limit is not None and arguments.limit < 1:
+        raise EvaluationError("--limit must be at least 1")
+    if arguments.batch_size < 1:
+        raise EvaluationError("--batch-size must be at least 1")
+    component = get_registries()["evaluators"].get(arguments.evaluator)
+    options = parse_options(arguments.options)
+    if component.config_class is None:
+        if options:
+            raise EvaluationError(f"evaluator '{component.name}' takes no options, got {sorted(options)}")
+        config = None
+    else:
+        try:
+            config = build_config(component.config_class, options, component.name)
+        except RecipeError as error:
+            raise EvaluationError(error.message, hint=error.hint) from error
+    evaluator = component.factory(config)
+    device = arguments.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Everything that can be refused is checked before the output directory is touched.
+    model = evaluator.load_model(arguments.model, device)
+    output = arguments.output or Path("eval") / f"{component.name}-{Path(arguments.model).resolve().name}"
+    fingerprint = {
+        "evaluator": component.name,
+        "plugin": component.plugin,
+        "model": str(Path(arguments.model).resolve()),
+        "model_identity": str(getattr(model, "identity", "") or ""),
+        "config": dataclasses.asdict(config) if config is not None else {},
+        "limit": arguments.limit,
+    }
+    results = run_evaluation(evaluator, model, output, fingerprint, limit=arguments.limit,
+                             batch_size=arguments.batch_size, progress=not arguments.no_progress)
+    shown = {key: value for key, value in results["metrics"].items() if isinstance(value, (int, float))}
+    print(json.dumps(shown))
+    print(f"wrote {output / RESULTS_FILE}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(main_with_arguments, argv))
+
+
+if __name__ == "__main__":
+    main()
