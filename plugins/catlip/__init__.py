@@ -1,0 +1,45 @@
+"""The CatLIP plugin: image-text pretraining as multi-label classification over WordNet synsets.
+
+Registers the models `catlip-vit-tiny`, `catlip-vit-b16`, `catlip-vit-l16`, `catlip-vit-h14`, the
+loss `catlip_bce` and the task `multilabel_classification`. (The synset vocabulary is still to come.)
+"""
+
+from __future__ import annotations
+
+from plugins.catlip.loss import CatLIPBCEConfig, CatLIPBCELoss, build_catlip_bce
+from plugins.catlip.models import PRESETS, CatLIPViT, CatLIPViTConfig, build_catlip_vit
+from plugins.catlip.task import (
+    MultiLabelClassificationConfig,
+    MultiLabelClassificationTask,
+    build_multilabel_classification,
+)
+from toolkit import hookimpl
+
+__all__ = [
+    "PRESETS",
+    "CatLIPViT",
+    "CatLIPViTConfig",
+    "build_catlip_vit",
+    "CatLIPBCEConfig",
+    "CatLIPBCELoss",
+    "MultiLabelClassificationConfig",
+    "MultiLabelClassificationTask",
+    "build_catlip_bce",
+    "build_multilabel_classification",
+]
+
+
+@hookimpl
+def register_losses(register):
+    register("catlip_bce", build_catlip_bce, config=CatLIPBCEConfig)
+
+
+@hookimpl
+def register_tasks(register):
+    register("multilabel_classification", build_multilabel_classification, config=MultiLabelClassificationConfig)
+
+
+@hookimpl
+def register_models(register):
+    for name, config_class in PRESETS.items():
+        register(name, build_catlip_vit, config=config_class)
