@@ -35,7 +35,7 @@ from plugins.openelm.config import (
     make_divisible,
 )
 from plugins.openelm.model import OpenELM, rope_tables
-from toolkit.engine.checkpoint import load_pickle_free, load_weights
+from toolkit.engine.checkpoint import load_pickle_free, load_state_strict, load_weights
 from toolkit.errors import CheckpointError
 
 HF_PREFIX = "transformer."
@@ -325,19 +325,7 @@ def build_from_state(config: OpenELMConfig, state: dict[str, torch.Tensor], sour
     """An OpenELM holding exactly `state`'s tensors (no copy, no random init); checks names and shapes."""
     with torch.device("meta"):
         model = OpenELM(config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: weights do not match the config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-    for key, tensor in expected.items():
-        if tuple(tensor.shape) != tuple(state[key].shape):
-            raise CheckpointError(f"{source}: '{key}' has shape {tuple(state[key].shape)} but the config "
-                                  f"expects {tuple(tensor.shape)}")
-    model.load_state_dict(state, assign=True)
+    load_state_strict(model, state, source, assign=True)
     cos, sin = rope_tables(config.max_context_length, config.head_dim, config.rope_theta, device="cpu")
     model.rope_cos, model.rope_sin = cos, sin
     return model.eval()

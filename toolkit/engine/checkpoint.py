@@ -231,8 +231,11 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
     return LoadedModel(model=model, recipe=recipe, checkpoint_dir=checkpoint, run_dir=checkpoint.parent)
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """`model.load_state_dict(state)` with shape and key mismatches reported as one line."""
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False) -> None:
+    """`model.load_state_dict(state)` with shape and key mismatches reported as one line.
+
+    `assign=True` makes the model hold `state`'s tensors themselves (for a model built on meta).
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -246,4 +249,4 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             raise CheckpointError(
                 f"{source}: '{key}' has shape {tuple(state[key].shape)} but the model expects {tuple(tensor.shape)}"
             )
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)
