@@ -59,6 +59,21 @@ def timed(function, device: str) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def paired_medians(first, second, repeats: int, device: str):
+    """Warm both up, then time them alternately `repeats` times (a noisy machine hits both alike).
+
+    Returns (median seconds of first, median seconds of second, first's last output, second's).
+    """
+    first(), second()
+    first_times, second_times = [], []
+    for _ in range(repeats):
+        seconds, first_out = timed(first, device)
+        first_times.append(seconds)
+        seconds, second_out = timed(second, device)
+        second_times.append(seconds)
+    return statistics.median(first_times), statistics.median(second_times), first_out, second_out
+
+
 def left_pad(prompts: list[list[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, prompts))
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -92,16 +107,11 @@ def bench_batched(arguments: argparse.Namespace) -> dict:
     def one_at_a_time():
         return [generate(model, torch.tensor([p], device=device), new)[0, len(p):].tolist() for p in prompts]
 
-    batched(), one_at_a_time()  # warmup
-    batched_times, single_times = [], []
-    for _ in range(arguments.repeats):
-        seconds, batched_out = timed(batched, device)
-        batched_times.append(seconds)
-        seconds, single_out = timed(one_at_a_time, device)
-        single_times.append(seconds)
+    batched_seconds, single_seconds, batched_out, single_out = paired_medians(
+        batched, one_at_a_time, arguments.repeats, device)
     matches = sum(a == b for a, b in zip(batched_out, single_out))
-    batched_rate = len(prompts) / statistics.median(batched_times)
-    single_rate = len(prompts) / statistics.median(single_times)
+    batched_rate = len(prompts) / batched_seconds
+    single_rate = len(prompts) / single_seconds
     return {
         "model": "openelm-tiny (layer-wise widths, Q/K norm on)",
         "parameters_M": round(model.num_parameters() / 1e6, 2),
@@ -175,16 +185,10 @@ def bench_decode(arguments: argparse.Namespace, shape: str) -> dict:
                                  min_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0)
         return out[0, prompt.shape[1]:].tolist()
 
-    ours(), theirs()  # warmup
-    our_times, their_times = [], []
-    for _ in range(arguments.repeats):
-        seconds, our_tokens = timed(ours, device)
-        our_times.append(seconds)
-        seconds, their_tokens = timed(theirs, device)
-        their_times.append(seconds)
+    our_seconds, their_seconds, our_tokens, their_tokens = paired_medians(ours, theirs, arguments.repeats, device)
     assert len(our_tokens) == len(their_tokens) == new, (len(our_tokens), len(their_tokens))
-    ours_rate = new / statistics.median(our_times)
-    theirs_rate = new / statistics.median(their_times)
+    ours_rate = new / our_seconds
+    theirs_rate = new / their_seconds
     return {
         "shape": shape, "model": f"OpenELM uniform {layers}x{dim}, {heads} heads of {head_dim}, ffn {ffn}, vocab {vocab}, no Q/K norm",
         "parameters_M": round(model.num_parameters() / 1e6, 2),
