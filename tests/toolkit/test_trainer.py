@@ -128,3 +128,27 @@ def test_sigkill_then_resume_auto_is_bit_identical(plugin_env, tmp_path):
     expected = load_file(tmp_path / "clean" / "step-001500" / "model.safetensors")
     actual = load_file(killed_dir / "step-001500" / "model.safetensors")
     assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_validation_metrics_are_item_weighted_and_logged(plugin_env, tmp_path):
+    recipe = load_recipe(str(EXAMPLE_RECIPE), [f"trainer.out_dir={tmp_path}", "trainer.peak_flops=1e12",
+                                                 "trainer.max_steps=2"], get_registries())
+    trainer = Trainer(recipe)
+    sizes: list[int] = []
+    original = trainer.task.validation_step
+
+    def with_metrics(model, batch):
+        output = original(model, batch)
+        sizes.append(output.items)
+        output.metrics = {"ones": torch.tensor(1.0), "batch_items": float(output.items)}
+        return output
+
+    trainer.task.validation_step = with_metrics
+    try:
+        record = trainer.evaluate()
+    finally:
+        trainer.close()
+    assert record["val_ones"] == pytest.approx(1.0)
+    assert record["val_batch_items"] == pytest.approx(sum(n * n for n in sizes) / sum(sizes))
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["val_ones"] == pytest.approx(1.0)

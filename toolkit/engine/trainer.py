@@ -209,11 +209,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (item-weighted over the whole split or `eval_batches`) and perplexity."""
+        """Validation loss and the task's metrics (item-weighted over the split or `eval_batches`).
+
+        Each metric a task's `validation_step` returns is logged as `val_<name>` (accuracy for a
+        classifier, say); a task with `val_perplexity = True` also gets `val_ppl`.
+        """
         if self.val_data is None:
             return {}
         self.model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.context.device)  # [sum of loss * items, items]
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.context.device)
+        items = 0
+        metric_sums: dict[str, torch.Tensor] = {}
         # eval_batches counts micro-batches over all ranks, so a partial evaluation covers the
         # same windows whatever the world size.
         per_rank = -(-self.config.eval_batches // self.context.world_size)
@@ -222,18 +228,26 @@ class Trainer:
                 break
             with self._autocast():
                 output = self.task.validation_step(self.model, move_to(batch, self.context.device))
-            sums[0] += output.loss.double() * output.items
-            sums[1] += output.items
+            loss_sum += output.loss.double() * output.items
+            items += output.items
+            for key, value in output.metrics.items():
+                value = torch.as_tensor(value, device=self.context.device).detach().double()
+                metric_sums[key] = metric_sums.get(key, 0.0) + value * output.items
         self.model.train()
         if hasattr(self.model, "reshard"):  # FSDP2 leaves the root unsharded after a forward-only pass
             self.model.reshard()
-        distributed.all_reduce_sum(sums)
-        if sums[1] == 0:
+        # One all-reduce for everything; a task returns the same metric names on every batch.
+        keys = sorted(metric_sums)
+        packed = torch.stack([loss_sum, torch.tensor(float(items), dtype=torch.float64, device=self.context.device),
+                              *[metric_sums[key] for key in keys]])
+        distributed.all_reduce_sum(packed)
+        if packed[1] == 0:
             return {}
-        val_loss = (sums[0] / sums[1]).item()
+        val_loss = (packed[0] / packed[1]).item()
         record = {"step": self.step, "val_loss": val_loss}
         if getattr(self.task, "val_perplexity", False):
             record["val_ppl"] = math.exp(min(val_loss, 80.0))
+        record.update({f"val_{key}": (packed[2 + i] / packed[1]).item() for i, key in enumerate(keys)})
         self.metrics.write(record)
         for callback in self.callbacks:
             callback.on_evaluate(self.step, record)
