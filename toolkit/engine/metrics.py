@@ -64,12 +64,17 @@ class ProgressBar:
         self.bar.close()
 
 
-def measure_peak_flops(device: torch.device, precision: str, size: int = 1024, seconds: float = 0.5) -> float:
+def measure_peak_flops(device: torch.device, precision: str, size: int = 0, seconds: float = 0.5) -> float:
     """FLOP/s of a square matmul in the run's precision: the peak MFU is measured against.
 
     Measured rather than looked up so that MFU is honest on whatever machine runs (a busy
-    machine lowers both the peak and the run's throughput alike).
+    machine lowers both the peak and the run's throughput alike). A GPU needs a large matmul
+    (8192, about 1.5 ms on an H100) and several launches per synchronisation, or the figure is
+    launch latency rather than arithmetic; 1024 already saturates a CPU.
     """
+    if size <= 0:
+        size = 8192 if device.type == "cuda" else 1024
+    launches_per_sync = 10 if device.type == "cuda" else 1
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     left = torch.randn(size, size, device=device, dtype=dtype)
     right = torch.randn(size, size, device=device, dtype=dtype)
@@ -78,8 +83,9 @@ def measure_peak_flops(device: torch.device, precision: str, size: int = 1024, s
     _synchronize(device)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        left @ right
-        count += 1
+        for _ in range(launches_per_sync):
+            left @ right
+        count += launches_per_sync
         _synchronize(device)
     elapsed = time.perf_counter() - start
     return 2 * size**3 * count / elapsed

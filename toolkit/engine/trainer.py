@@ -76,7 +76,9 @@ class Trainer:
         self.callbacks = [spec.build() for spec in recipe.callbacks]
         model = self.raw_model
         if self.config.compile:
-            model = torch.compile(model)
+            # Static shapes: training batches never change shape, and dynamic-shape graphs
+            # have failed to compile in inductor (torch 2.11 on CUDA) where static ones work.
+            model = torch.compile(model, dynamic=False)
         self.model = distributed.wrap_model(model, recipe.dist, self.context)
         self.optimizer = recipe.components["optim"].build(self.model)
         schedule_spec = recipe.components.get("schedule")
