@@ -6,6 +6,9 @@ much as the matmuls around them, doing each in a few passes that write straight 
 outputs makes a training step markedly faster. The causal attention here (batched matmuls, for
 short sequences in bf16) exists because PyTorch's CPU flash-attention backward is slow in bf16.
 Each function is checked against its plain formula (`*_reference`, or SDPA) in the tests.
+
+Under `torch.compile` the plain formulas are used instead: the compiler fuses them itself, and
+the in-place `out=` writes here would split its graph at every block.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out_dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):
         out_dtype = torch.get_autocast_dtype(x.device.type)
+    if torch.compiler.is_compiling():
+        return rms_norm_reference(x, weight.to(x.dtype), eps).to(out_dtype)
     return _RMSNorm.apply(x, weight.to(x.dtype), eps, out_dtype)
 
 
@@ -104,6 +109,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     The result has x's shape with heads-first memory: `.transpose(1, 2)` of it is contiguous.
     """
+    if torch.compiler.is_compiling():
+        return rope_reference(x, cos, sin)
     return _RoPE.apply(x, cos, sin)
 
 
@@ -137,6 +144,8 @@ class _SwiGLU(torch.autograd.Function):
 
 def swiglu(fused: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for fused [..., 2F] = [gate | up]; returns [..., F]."""
+    if torch.compiler.is_compiling():
+        return swiglu_reference(fused)
     return _SwiGLU.apply(fused)
 
 
@@ -192,4 +201,6 @@ def matmul_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
 
     Memory grows as S^2 (the probabilities are kept), so only for short sequences.
     """
+    if torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
     return _MatmulCausalAttention.apply(q.contiguous(), k.contiguous(), v.contiguous())
