@@ -113,8 +113,11 @@ def _parse_overrides(overrides: list[str]) -> Any:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise RecipeError(f"override '{item}' is not of the form section.key=value")
+    # `key=` means the empty string, as in Hydra (OmegaConf alone reads it as null); `key=null`
+    # still gives None.
+    overrides = [f"{item}''" if item.endswith("=") else item for item in overrides]
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as error:
         raise RecipeError(f"bad override: {error}".splitlines()[0]) from error
 

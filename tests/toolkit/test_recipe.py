@@ -98,3 +98,10 @@ def test_recipes_never_execute_code(tmp_path, registries):
 def test_recipes_found_in_plugin_recipe_dirs(registries):
     recipe = load_recipe("openelm/270M.yaml", [], registries)
     assert recipe.components["model"].component.name == "openelm-270M"
+
+
+def test_an_override_with_nothing_after_the_equals_sign_is_the_empty_string(tmp_path, registries):
+    recipe = load_recipe(str(write(tmp_path, "r.yaml", BASE + "  \n")),
+                         ["data.val_shards=", "data.tokenizer=''", "data.cache_dir="], registries)
+    data = recipe.components["data"].config
+    assert (data.val_shards, data.tokenizer, data.cache_dir) == ("", "", "")
