@@ -152,3 +152,13 @@ def test_validation_metrics_are_item_weighted_and_logged(plugin_env, tmp_path):
     assert record["val_batch_items"] == pytest.approx(sum(n * n for n in sizes) / sum(sizes))
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["val_ones"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_keys(plugin_env, tmp_path):
+    train(tmp_path / "eager", "trainer.max_steps=6", "trainer.log_every=1")
+    train(tmp_path / "compiled", "trainer.max_steps=6", "trainer.log_every=1", "trainer.compile=true")
+    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4, abs=1e-5)
+    eager = load_file(tmp_path / "eager" / "step-000006" / "model.safetensors")
+    compiled = load_file(tmp_path / "compiled" / "step-000006" / "model.safetensors")
+    assert sorted(compiled) == sorted(eager)  # no torch.compile `_orig_mod.` prefixes
