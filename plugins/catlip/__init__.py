@@ -1,11 +1,14 @@
 """The CatLIP plugin: image-text pretraining as multi-label classification over WordNet synsets.
 
 Registers the models `catlip-vit-tiny`, `catlip-vit-b16`, `catlip-vit-l16`, `catlip-vit-h14`, the
-loss `catlip_bce` and the task `multilabel_classification`. (The synset vocabulary is still to come.)
+loss `catlip_bce`, the task `multilabel_classification` and the dataset `image_text_shards`
+(webdataset image-caption shards with synset labels mined from the captions; `builtin:openmoji` is
+the embedded default). `toolkit-catlip-vocab` builds a synset vocabulary from shards.
 """
 
 from __future__ import annotations
 
+from plugins.catlip.dataset import ImageTextShardsConfig, build_image_text_shards
 from plugins.catlip.loss import CatLIPBCEConfig, CatLIPBCELoss, build_catlip_bce
 from plugins.catlip.models import PRESETS, CatLIPViT, CatLIPViTConfig, build_catlip_vit
 from plugins.catlip.task import (
@@ -26,7 +29,14 @@ __all__ = [
     "MultiLabelClassificationTask",
     "build_catlip_bce",
     "build_multilabel_classification",
+    "ImageTextShardsConfig",
+    "build_image_text_shards",
 ]
+
+
+@hookimpl
+def register_datasets(register):
+    register("image_text_shards", build_image_text_shards, config=ImageTextShardsConfig)
 
 
 @hookimpl

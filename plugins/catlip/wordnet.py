@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
@@ -32,6 +33,8 @@ LEXNAMES = (
     + [("adj.ppl", 3)]
 )
 _REQUIRED = ("data.noun", "index.noun")
+# nltk warns on first use that the Open Multilingual Wordnet is absent; only English is used here.
+warnings.filterwarnings("ignore", message="The multilingual functions are not available")
 
 
 class WordNetMissing(ToolkitError):

@@ -16,15 +16,15 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from toolkit.data import ShardInfo
-from toolkit.errors import DataError
-
 from plugins.lm.cache import cache_root
 from plugins.lm.corpus import is_builtin, resolve_builtin
-from plugins.lm.packing import BatchLayout, TrainPosition, epoch_permutation, make_batch, window_count
+from plugins.lm.packing import make_batch, window_count
 from plugins.lm.shard_reader import expand_shard_pattern
 from plugins.lm.token_cache import cached_tokens
 from plugins.lm.tokenizer import Tokenizer, cached_tokenizer, load_tokenizer
+from toolkit.data import ShardInfo
+from toolkit.data.order import BatchLayout, EpochOrder, TrainPosition
+from toolkit.errors import DataError
 
 
 @dataclass
@@ -70,7 +70,8 @@ class PackedTrainSource(_PackedSource):
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int, shard: ShardInfo):
         super().__init__(tokens, tokenizer, seq_len, batch_size, shard)
         self.layout = BatchLayout(batch_size, shard.world_size, shard.rank, shard.grad_accum)
-        self.steps_per_epoch = self.num_windows // self.layout.global_batch_size
+        self.order = EpochOrder(self.num_windows, self.layout, shard.seed)
+        self.steps_per_epoch = self.order.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"the training split has {len(tokens)} tokens = {self.num_windows} windows of seq_len + 1 = "
@@ -78,58 +79,26 @@ class PackedTrainSource(_PackedSource):
                 f"(batch_size {batch_size} x world_size {shard.world_size} x grad_accum {shard.grad_accum})",
                 hint="use more data, or lower seq_len / batch_size",
             )
-        self.position = TrainPosition()
-        self._permutation_epoch = -1
-        self._permutation = np.empty(0, dtype=np.int64)
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch != self._permutation_epoch:  # one permutation per epoch, not per batch
-            self._permutation = epoch_permutation(self.num_windows, self.shard.seed, epoch)
-            self._permutation_epoch = epoch
-        return self._permutation
+    @property
+    def position(self) -> TrainPosition:
+        return self.order.position
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """This rank's next micro-batch; the position moves past it before it is returned."""
-        position = self.position
-        order = self._epoch_order(position.epoch)
-        start = position.step * self.layout.global_batch_size
-        positions = self.layout.micro_positions(position.micro)
-        windows = order[start + positions.start:start + positions.stop]
-        position.micro += 1
-        if position.micro == self.layout.grad_accum:
-            position.micro = 0
-            position.step += 1
-            if position.step == self.steps_per_epoch:
-                position.epoch, position.step = position.epoch + 1, 0
-        return make_batch(self.tokens, windows, self.seq_len)
+        return make_batch(self.tokens, self.order.next_indices(), self.seq_len)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
             yield self.next_batch()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.position.epoch,
-            "step": self.position.step,
-            "micro": self.position.micro,
-            "global_batch_size": self.layout.global_batch_size,
-            "num_windows": self.num_windows,
-            "seed": self.shard.seed,
-        }
+        state = self.order.state_dict()
+        state["num_windows"] = state.pop("num_items")
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, step, micro = int(state["epoch"]), int(state["step"]), int(state.get("micro", 0))
-        saved_global = int(state.get("global_batch_size", self.layout.global_batch_size))
-        if saved_global != self.layout.global_batch_size:
-            # A different global batch (world size or accumulation changed): windows consumed this
-            # epoch stay consumed, rounded up to whole new global batches (a partial one is redone).
-            step = math.ceil(step * saved_global / self.layout.global_batch_size)
-            micro = 0
-        if micro >= self.layout.grad_accum:
-            step, micro = step + 1, 0
-        if step >= self.steps_per_epoch:  # the data shrank since the save: start the next epoch
-            epoch, step = epoch + 1, 0
-        self.position = TrainPosition(epoch, step, micro)
+        self.order.load_state_dict(state)
 
 
 class PackedValSource(_PackedSource):

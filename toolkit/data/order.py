@@ -1,0 +1,107 @@
+"""Which items each rank reads for each micro-batch, epoch after epoch, resumable to the micro-step.
+
+Epoch e visits items in `permutation(seed, e)`; global batch g of the epoch (one optimizer step)
+is permutation[g*G : (g+1)*G] with G = batch_size * world_size * grad_accum. Within a global
+batch, micro-step m of rank r takes positions [(m * world_size + r) * B, ... + B). So the set of
+items in a global batch depends only on (seed, epoch, g, G): one process with grad_accum 2 sees
+exactly the items two processes with grad_accum 1 see. Items left over at the end of an epoch
+(fewer than G) are skipped that epoch; the next permutation puts different items there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
+    """The item order of one epoch: a function of (seed, epoch) only."""
+    generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
+    return generator.permutation(num_items)
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one global batch is cut into per-rank micro-batches."""
+
+    batch_size: int  # micro-batch per rank
+    world_size: int = 1
+    rank: int = 0
+    grad_accum: int = 1
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size * self.grad_accum
+
+    def micro_positions(self, micro_step: int) -> slice:
+        """Positions within the global batch that this rank takes at `micro_step`."""
+        start = (micro_step * self.world_size + self.rank) * self.batch_size
+        return slice(start, start + self.batch_size)
+
+
+@dataclass
+class TrainPosition:
+    """Where the training stream stands: global batches consumed in `epoch`, micro-steps into the next."""
+
+    epoch: int = 0
+    step: int = 0
+    micro: int = 0
+
+
+class EpochOrder:
+    """This rank's item indices, micro-batch after micro-batch, forever.
+
+    `steps_per_epoch` is 0 when the items do not fill one global batch; the dataset then raises its
+    own error naming its data. `state_dict` / `load_state_dict` resume at the exact micro-batch; a
+    different global batch size on resume rounds the items consumed this epoch up to whole new
+    global batches (a partial one is redone).
+    """
+
+    def __init__(self, num_items: int, layout: BatchLayout, seed: int) -> None:
+        self.num_items = num_items
+        self.layout = layout
+        self.seed = seed
+        self.steps_per_epoch = num_items // layout.global_batch_size
+        self.position = TrainPosition()
+        self._permutation_epoch = -1
+        self._permutation = np.empty(0, dtype=np.int64)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        if epoch != self._permutation_epoch:  # one permutation per epoch, not per batch
+            self._permutation = epoch_permutation(self.num_items, self.seed, epoch)
+            self._permutation_epoch = epoch
+        return self._permutation
+
+    def next_indices(self) -> np.ndarray:
+        """Item indices of this rank's next micro-batch; the position moves past it."""
+        position = self.position
+        order = self.epoch_order(position.epoch)
+        start = position.step * self.layout.global_batch_size
+        positions = self.layout.micro_positions(position.micro)
+        indices = order[start + positions.start:start + positions.stop]
+        position.micro += 1
+        if position.micro == self.layout.grad_accum:
+            position.micro = 0
+            position.step += 1
+            if position.step == self.steps_per_epoch:
+                position.epoch, position.step = position.epoch + 1, 0
+        return indices
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.position.epoch, "step": self.position.step, "micro": self.position.micro,
+                "global_batch_size": self.layout.global_batch_size, "num_items": self.num_items, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        epoch, step, micro = int(state["epoch"]), int(state["step"]), int(state.get("micro", 0))
+        saved_global = int(state.get("global_batch_size", self.layout.global_batch_size))
+        if saved_global != self.layout.global_batch_size:
+            step = math.ceil(step * saved_global / self.layout.global_batch_size)
+            micro = 0
+        if micro >= self.layout.grad_accum:
+            step, micro = step + 1, 0
+        if step >= self.steps_per_epoch:  # the data shrank since the save: start the next epoch
+            epoch, step = epoch + 1, 0
+        self.position = TrainPosition(epoch, step, micro)
