@@ -1,0 +1,100 @@
+"""The `contrastive` task and the `clip` loss: CLIP's objective on the engine, through open_clip.
+
+The task tokenises the batch's captions with open_clip's tokenizer (memoised: captions repeat
+every epoch) and hands the model's normalised features to the loss. The loss is open_clip's
+`ClipLoss`; under `torchrun` it gathers features from every rank, with `local_loss` (each rank
+scores its own rows against all columns) and `gather_with_grad` (gradients flow back through the
+gather) as open_clip trains at scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from toolkit.task import StepOutput
+
+
+@dataclass
+class ClipLossConfig:
+    """The `loss:` section for `name: clip`."""
+
+    local_loss: bool = True
+    gather_with_grad: bool = True
+
+
+class ClipLossFunction:
+    """open_clip's ClipLoss, built on first use so it sees the job's rank and world size."""
+
+    def __init__(self, config: ClipLossConfig | None = None) -> None:
+        self.config = config or ClipLossConfig()
+        self._loss = None
+
+    def __call__(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor):
+        if self._loss is None:
+            from open_clip.loss import ClipLoss
+
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+            world_size = torch.distributed.get_world_size() if distributed else 1
+            self._loss = ClipLoss(local_loss=self.config.local_loss, gather_with_grad=self.config.gather_with_grad,
+                                  cache_labels=True, rank=rank, world_size=world_size)
+        return self._loss(image_features.float(), text_features.float(), logit_scale.float())
+
+
+@dataclass
+class ContrastiveConfig:
+    """The `task:` section for `name: contrastive`."""
+
+    text_model: str = "ViT-S-32"  # open_clip tokenizer to use (match model.text_model)
+
+
+class ContrastiveTask:
+    """{"images": [B, 3, H, W], "captions": list[str]} -> CLIP loss, plus the logit scale."""
+
+    item_unit = "images"
+
+    def __init__(self, config: ContrastiveConfig | None = None, loss: Callable[..., Any] | None = None) -> None:
+        self.config = config or ContrastiveConfig()
+        self.loss = loss if loss is not None else ClipLossFunction()
+        self._tokenizer = None
+        self._tokens: dict[str, torch.Tensor] = {}
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """[B, context] token ids, each caption tokenised once per process."""
+        missing = [caption for caption in dict.fromkeys(captions) if caption not in self._tokens]
+        if missing:
+            if self._tokenizer is None:
+                import open_clip
+
+                self._tokenizer = open_clip.get_tokenizer(self.config.text_model)
+            for caption, row in zip(missing, self._tokenizer(missing)):
+                self._tokens[caption] = row
+        return torch.stack([self._tokens[caption] for caption in captions])
+
+    def _step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        captions = batch["captions"]
+        images = batch["images"][:len(captions)]  # validation pads its last batch; captions are the real rows
+        if not captions:
+            return StepOutput(loss=sum(p.sum() for p in model.parameters()) * 0.0, items=0)
+        texts = self.tokenize(captions).to(images.device)
+        image_features, text_features, scale = model(images, texts)
+        loss = self.loss(image_features, text_features, scale)
+        return StepOutput(loss=loss, items=len(captions), metrics={"logit_scale": scale.detach().float()})
+
+    def training_step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        return self._step(model, batch)
+
+    def validation_step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
+        return self._step(model, batch)
+
+
+def build_contrastive(config: ContrastiveConfig | None, loss: Callable[..., Any] | None) -> ContrastiveTask:
+    return ContrastiveTask(config, loss)
+
+
+def build_clip_loss(config: ClipLossConfig | None) -> ClipLossFunction:
+    return ClipLossFunction(config)

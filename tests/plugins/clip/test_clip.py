@@ -1,0 +1,94 @@
+"""The CLIP baseline: towers, open_clip's loss (also gathered across two gloo ranks), task, recipe."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from helpers import assert_one_line_error, run_command
+from plugins.clip.model import PRESETS, build_clip
+from plugins.clip.task import ClipLossConfig, ClipLossFunction, ContrastiveConfig, ContrastiveTask
+
+TINY_TEXT = ["model.num_classes=32"]
+
+
+def symmetric_cross_entropy(image: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    logits = scale * image @ text.T  # [B, B]: image i against caption j
+    targets = torch.arange(len(image))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def test_towers_give_normalised_features_and_build_on_meta():
+    torch.manual_seed(0)
+    model = build_clip(PRESETS["clip-vit-tiny"](num_classes=32))
+    images, texts = torch.randn(3, 3, 64, 64), torch.randint(1, 1000, (3, 77))
+    image_features, text_features, scale = model(images, texts)
+    assert image_features.shape == text_features.shape == (3, 32)
+    torch.testing.assert_close(image_features.norm(dim=-1), torch.ones(3))
+    torch.testing.assert_close(text_features.norm(dim=-1), torch.ones(3))
+    assert abs(float(scale) - 1 / 0.07) < 1e-3
+    with torch.device("meta"):
+        big = build_clip(PRESETS["clip-vit-b16"]())
+    assert next(big.parameters()).is_meta
+    assert len(big.fsdp_units()) == 12 + 12  # image and text blocks
+
+
+def test_loss_is_the_symmetric_cross_entropy():
+    torch.manual_seed(1)
+    image, text = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
+    loss = ClipLossFunction()(image, text, torch.tensor(10.0))
+    torch.testing.assert_close(loss, symmetric_cross_entropy(image, text, 10.0))
+
+
+def _rank_gradients(rank: int, world_size: int, init_file: str, inputs: torch.Tensor, weight: torch.Tensor,
+                    results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        projection = weight.clone().requires_grad_(True)
+        local = inputs.chunk(world_size)[rank]  # [B / world, 2, D]
+        image, text = F.normalize(local[:, 0] @ projection, dim=-1), F.normalize(local[:, 1] @ projection, dim=-1)
+        loss = ClipLossFunction(ClipLossConfig(local_loss=True, gather_with_grad=True))(image, text, torch.tensor(5.0))
+        loss.backward()
+        gradient = projection.grad.clone()
+        dist.all_reduce(gradient)  # DDP averages gradients across ranks
+        results[rank] = gradient / world_size
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_with_gather_with_grad_match_one_process_on_the_whole_batch(tmp_path):
+    torch.manual_seed(2)
+    inputs, weight = torch.randn(8, 2, 5), torch.randn(5, 4)  # 8 (image, text) pairs
+    projection = weight.clone().requires_grad_(True)
+    image, text = F.normalize(inputs[:, 0] @ projection, dim=-1), F.normalize(inputs[:, 1] @ projection, dim=-1)
+    symmetric_cross_entropy(image, text, 5.0).backward()
+    results = mp.Manager().dict()
+    mp.start_processes(_rank_gradients, args=(2, str(tmp_path / "init"), inputs, weight, results), nprocs=2,
+                       start_method="spawn")
+    for rank in range(2):
+        torch.testing.assert_close(results[rank], projection.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_task_tokenises_each_caption_once():
+    task = ContrastiveTask(ContrastiveConfig())
+    calls: list[list[str]] = []
+    real = task.tokenize(["warm-up"])  # loads open_clip's tokenizer
+    tokenizer = task._tokenizer
+
+    def counting(captions):
+        calls.append(list(captions))
+        return tokenizer(captions)
+
+    task._tokenizer = counting
+    first = task.tokenize(["a dog", "a cat", "a dog"])
+    second = task.tokenize(["a cat", "a dog"])
+    assert calls == [["a dog", "a cat"]] and first.shape == (3, real.shape[1])
+    assert torch.equal(first[0], first[2]) and torch.equal(second[0], first[1])
+
+
+def test_unknown_text_model_is_one_clear_line(tmp_path):
+    result = run_command(["toolkit-train", "clip/tiny.yaml", "model.text_model=ViT-Nope", "--dry-run",
+                          f"trainer.out_dir={tmp_path}"])
+    assert_one_line_error(result, "model.text_model", "ViT-Nope")
