@@ -26,8 +26,10 @@ def register_models(register):
 
     `factory(config) -> torch.nn.Module`. A model may also define
     `flops_per_token(seq_len) -> float` (training FLOPs per token, forward and backward) so that
-    the engine can report MFU, and `layer_summary() -> list[str]` for `toolkit-train --dry-run`.
-    The factory must work under `with torch.device("meta"):` so dry runs allocate nothing.
+    the engine can report MFU, `layer_summary() -> list[str]` for `toolkit-train --dry-run`, and
+    `run_files() -> dict[str, Path]` naming files the engine copies into the run directory (a
+    dataset may define it too: the tokenizer, the synset vocabulary). The factory must work under
+    `with torch.device("meta"):` so dry runs allocate nothing.
     """
 
 

@@ -115,9 +115,12 @@ class Trainer:
         temporary = self.run_dir / "recipe.yaml.tmp"
         temporary.write_text(self.recipe.to_yaml())
         temporary.replace(self.run_dir / "recipe.yaml")
-        run_files = getattr(self.train_data, "run_files", None)
-        for name, source in (run_files() if callable(run_files) else {}).items():
-            shutil.copyfile(source, self.run_dir / name)
+        # Files the data or the model want kept with the run: a tokenizer, a synset vocabulary, a
+        # transfer report. Each component names them through an optional `run_files()`.
+        for component in (self.train_data, self.raw_model):
+            run_files = getattr(component, "run_files", None)
+            for name, source in (run_files() if callable(run_files) else {}).items():
+                shutil.copyfile(source, self.run_dir / name)
 
     def _autocast(self):
         enabled = self.config.precision == "bf16"
