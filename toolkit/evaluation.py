@@ -33,8 +33,11 @@ class EvaluationError(ToolkitError):
 class Evaluator(Protocol):
     """What `register_evaluators` factories return."""
 
-    def load_model(self, spec: str, device: str) -> Any:
+    def load_model(self, spec: str, device: str, **options: str) -> Any:
         """The model handle this evaluator scores, from a `--model` spec (raise ToolkitError if unusable).
+
+        `options` carry what the command line adds about the model (`tokenizer=PATH` with
+        `toolkit-eval --tokenizer`); an evaluator that takes none may omit the parameter.
 
         A handle may carry `identity` (a string naming exactly what was loaded, such as the resolved
         checkpoint directory); it is part of the cache fingerprint, so a resumed run never mixes

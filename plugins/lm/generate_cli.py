@@ -2,7 +2,9 @@
 
     toolkit-generate runs/tiny --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 50
 
-RUN_OR_CHECKPOINT_DIR is a run directory (its latest checkpoint is used) or one `step-NNNNNN/`.
+RUN_OR_CHECKPOINT_DIR is a run directory (its latest checkpoint is used) or one `step-NNNNNN/`;
+`--model SPEC` also takes a Hugging Face model directory or a .gguf file (sampled and streamed
+through transformers), and `--tokenizer` a tokenizer for models that ship none (HF OpenELM).
 The tokenizer is the run's `tokenizer.model` (copied there at training time), else the recipe's
 `data.tokenizer`. The prompt is given to the model after an end-of-text token, as a document start
 looks in training, and sampling stops at the next end-of-text token. The text is streamed to
@@ -29,7 +31,10 @@ TOKENIZER_FILE = "tokenizer.model"
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="toolkit-generate", description=__doc__.splitlines()[0])
-    parser.add_argument("path", help="run directory or checkpoint directory")
+    parser.add_argument("path", nargs="?", default=None, help="run directory or checkpoint directory")
+    parser.add_argument("--model", default=None,
+                        help="instead of PATH: also a Hugging Face model directory or a .gguf file")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer file for models that ship none (HF OpenELM)")
     parser.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -93,22 +98,48 @@ class TextStream:
         self.out.flush()
 
 
+def _generate_hugging_face(language_model, arguments: argparse.Namespace) -> None:
+    """Sampling and streaming through transformers for HF / GGUF models."""
+    from transformers import TextStreamer
+
+    tokenizer = language_model.tokenizer
+    prompt_ids = [*tokenizer.prefix_ids(), *tokenizer.encode(arguments.prompt)]
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=language_model.device)  # [1, T]
+    torch.manual_seed(arguments.seed)
+    sampling = arguments.temperature > 0
+    options = {"temperature": arguments.temperature, "top_k": arguments.top_k or None, "top_p": arguments.top_p} if sampling else {}
+    language_model.model.generate(
+        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=arguments.max_new_tokens,
+        do_sample=sampling, pad_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id,
+        streamer=TextStreamer(tokenizer.tokenizer, skip_special_tokens=True), **options,
+    )
+
+
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
-    from toolkit.engine.checkpoint import load_model  # the core's loader; heavy, so only here
+    from plugins.lm_eval.model import (  # heavy, so only here
+        LanguageModel,
+        load_language_model,
+    )
 
+    spec = arguments.model or arguments.path
+    if not spec or (arguments.model and arguments.path):
+        raise DataError("give the model either as PATH or as --model SPEC (exactly one)")
     device = arguments.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_model(arguments.path, device=device)
-    tokenizer = find_tokenizer(loaded.run_dir, loaded.recipe)
+    language_model = load_language_model(spec, device, arguments.tokenizer)
+    if not isinstance(language_model, LanguageModel):
+        _generate_hugging_face(language_model, arguments)
+        return 0
+    tokenizer = language_model.tokenizer
     prompt_ids = [tokenizer.eos_id, *tokenizer.encode(arguments.prompt)]
-    model_device = next(iter(loaded.model.parameters()), torch.empty(0)).device
+    model_device = language_model.device
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model_device)  # [1, T]
     generator = torch.Generator(device=model_device).manual_seed(arguments.seed)
     stream = TextStream(tokenizer, prompt_ids[1:], sys.stdout)
     output = generate(
-        loaded.model,
+        language_model.model,
         input_ids,
         max_new_tokens=arguments.max_new_tokens,
         temperature=arguments.temperature,

@@ -25,8 +25,8 @@ class LanguageModelEvaluator:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def load_model(self, spec: str, device: str) -> LanguageModel:
-        return load_language_model(spec, device)
+    def load_model(self, spec: str, device: str, tokenizer: str | None = None) -> LanguageModel:
+        return load_language_model(spec, device, tokenizer)
 
 
 # --- perplexity ---------------------------------------------------------------------------------

@@ -26,7 +26,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="toolkit-eval", description=__doc__.splitlines()[0])
     parser.add_argument("evaluator", help="evaluator name (toolkit-plugins lists them)")
     parser.add_argument("options", nargs="*", help="evaluator options as key=value")
-    parser.add_argument("--model", required=True, help="toolkit checkpoint or run directory")
+    parser.add_argument("--model", required=True,
+                        help="toolkit run or checkpoint directory, Hugging Face model directory, or .gguf file")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer file for models that ship none (Hugging Face OpenELM: LLaMA's tokenizer.model)")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate at most N items (windows, questions, or templates per set)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -68,7 +71,8 @@ def main_with_arguments(argv: list[str]) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     # Everything that can be refused is checked before the output directory is touched.
-    model = evaluator.load_model(arguments.model, device)
+    model_options = {"tokenizer": arguments.tokenizer} if arguments.tokenizer else {}
+    model = evaluator.load_model(arguments.model, device, **model_options)
     output = arguments.output or Path("eval") / f"{component.name}-{Path(arguments.model).resolve().name}"
     fingerprint = {
         "evaluator": component.name,
