@@ -1,7 +1,7 @@
 """CatLIP vs the CLIP baseline on the same engine, and the engine's overhead over a bare loop.
 
     python tools/bench_catlip.py [--image-tower tiny|b16] [--batch-size 64] [--precision bf16]
-                                 [--rounds 8] [--device cpu|cuda]
+                                 [--rounds|--steps 8] [--device cpu|cuda]
 
 Three step functions run interleaved, round after round, on the same pre-made batches (the data
 pipeline is left out; tools/bench_image_pipeline.py measures it):
@@ -86,7 +86,7 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--image-tower", choices=sorted(TOWERS), default="tiny")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    parser.add_argument("--rounds", type=int, default=8, help="timed rounds (each runs all three steps)")
+    parser.add_argument("--rounds", "--steps", dest="rounds", type=int, default=8, help="timed rounds (each runs all three steps)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     arguments = parser.parse_args(argv)
@@ -103,14 +103,15 @@ def run(argv: list[str]) -> int:
         times: dict[str, list[float]] = {"catlip": [], "clip": [], "bare": []}
         for round_index, batch in enumerate(batches):
             # Alternate the order so that no step always runs right after another one.
-            steps = [("catlip", lambda: catlip._train_step(iter([batch]))),
-                     ("clip", lambda: clip._train_step(iter([batch]))),
-                     ("bare", lambda: bare(batch))]
+            steps = [("catlip", lambda batch=batch: catlip._train_step(iter([batch]))),
+                     ("clip", lambda batch=batch: clip._train_step(iter([batch]))),
+                     ("bare", lambda batch=batch: bare(batch))]
             for name, step in steps if round_index % 2 == 0 else steps[::-1]:
                 elapsed = timed(step, device)
                 if round_index >= arguments.warmup:
                     times[name].append(elapsed)
         catlip.close()
+        clip.close()
     median = {name: statistics.median(values) for name, values in times.items()}
     result = {
         "catlip_img_s": arguments.batch_size / median["catlip"],

@@ -6,10 +6,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
 from helpers import assert_one_line_error, run_command
+
 from plugins.clip.model import PRESETS, build_clip
-from plugins.clip.task import ClipLossConfig, ClipLossFunction, ContrastiveConfig, ContrastiveTask
+from plugins.clip.task import (
+    ClipLossConfig,
+    ClipLossFunction,
+    ContrastiveConfig,
+    ContrastiveTask,
+)
 
 TINY_TEXT = ["model.num_classes=32"]
 
@@ -92,3 +97,9 @@ def test_unknown_text_model_is_one_clear_line(tmp_path):
     result = run_command(["toolkit-train", "clip/tiny.yaml", "model.text_model=ViT-Nope", "--dry-run",
                           f"trainer.out_dir={tmp_path}"])
     assert_one_line_error(result, "model.text_model", "ViT-Nope")
+
+
+def test_tiny_recipe_resolves_on_the_catlip_data(tmp_path):
+    result = run_command(["toolkit-train", "clip/tiny.yaml", "--dry-run", f"trainer.out_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr
+    assert "clip-vit-tiny (CLIPModel)" in result.stdout + result.stderr
