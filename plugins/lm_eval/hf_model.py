@@ -33,7 +33,7 @@ def _transformers():
         import transformers
     except ImportError as error:
         raise CheckpointError("loading Hugging Face or GGUF models needs transformers",
-                              hint="pip install transformers gguf") from error
+                              hint="pip install transformers gguf accelerate") from error
     return transformers
 
 
@@ -153,7 +153,7 @@ def load_hf_language_model(path: Path, device: str) -> HFLanguageModel:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             directory, local_files_only=True, dtype=torch.float32, **keywords)
     except ImportError as error:
-        raise CheckpointError(f"{path}: {error}".splitlines()[0], hint="pip install transformers gguf") from error
+        raise CheckpointError(f"{path}: {error}".splitlines()[0], hint="pip install transformers gguf accelerate") from error
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         # Missing files, unknown architectures, and weights whose shapes disagree with config.json
         # all arrive here; the first line of transformers' message names what is wrong.
