@@ -349,7 +349,24 @@ def import_openelm(src: str | Path, config: OpenELMConfig | dict | str | Path | 
         weights_path = src
         state = load_corenet_pt(src)
         resolved = _resolve_config(config, src)
+        state = trim_padded_vocabulary(state, resolved.vocab_size)
     return build_from_state(resolved, state, weights_path), resolved
+
+
+EMBEDDING_KEY = "token_embeddings.weight"
+
+
+def trim_padded_vocabulary(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """Drop the rows CoreNet pads its embedding with (32000 LLaMA tokens are stored as 32128 rows,
+    a multiple of 64 for fast matmuls); no token id reaches them, so nothing is lost. Any other
+    size difference is left for the strict shape check to report."""
+    embedding = state.get(EMBEDDING_KEY)
+    if embedding is None or embedding.shape[0] <= vocab_size:
+        return state
+    padded_to = embedding.shape[0]
+    if padded_to % 64 != 0 or padded_to - vocab_size >= 64 * 8:
+        return state
+    return {**state, EMBEDDING_KEY: embedding[:vocab_size]}
 
 
 # ---------------------------------------------------------------------------------------------

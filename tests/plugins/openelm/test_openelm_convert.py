@@ -214,6 +214,19 @@ def test_corenet_pt_imports_with_a_config(tmp_path):
     assert_identical(import_openelm(tmp_path / "corenet.pt")[0].state_dict(), model.state_dict())
 
 
+def test_corenet_embedding_padding_is_trimmed_to_the_vocabulary(tmp_path):
+    model = tiny_model()  # vocabulary 97
+    state = model.state_dict()
+    padding = torch.randn(128 - 97, state["token_embeddings.weight"].shape[1])
+    torch.save({**state, "token_embeddings.weight": torch.cat([state["token_embeddings.weight"], padding])},
+               tmp_path / "padded.pt")  # as CoreNet stores it: rows up to a multiple of 64
+    imported, _ = import_openelm(tmp_path / "padded.pt", config=model.config)
+    assert_identical(imported.state_dict(), state)
+    torch.save({**state, "token_embeddings.weight": torch.randn(100, padding.shape[1])}, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="token_embeddings.weight"):
+        import_openelm(tmp_path / "wrong.pt", config=model.config)  # not padding: still refused
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("pwned",))
