@@ -100,10 +100,8 @@ class _ImageTextSource:
         targets = torch.zeros(rows, self.num_classes) if self.labels is not None else None  # [rows, C]
         for row, sample in enumerate(indices):
             shard, position = int(self.sample_shard[sample]), int(self.sample_position[sample])
-            # The v2 transforms run on the PIL image (PIL's C crop-and-resize, several times faster
-            # than tensor interpolation for small images); only the result becomes a tensor.
-            pixels = v2.functional.pil_to_tensor(transform(self.reader.read(shard, position)))  # [3, H, W] uint8
-            images[row] = pixels.float().div_(255)
+            pixels = v2.functional.pil_to_tensor(self.reader.read(shard, position))  # [3, h, w] uint8
+            images[row] = transform(pixels).float().div_(255)
             captions.append(self.indexes[shard].captions[position])
             if targets is not None:
                 targets[row, self.labels[shard][position]] = 1.0
