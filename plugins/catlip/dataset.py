@@ -29,7 +29,7 @@ from plugins.catlip.shards import ImageReader, ShardIndex, load_index
 from plugins.lm.cache import cache_root
 from plugins.lm.shard_reader import expand_shard_pattern
 from toolkit.data import ShardInfo
-from toolkit.data.order import BatchLayout, EpochOrder
+from toolkit.data.order import training_order
 from toolkit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -116,14 +116,9 @@ class ImageTextTrainSource(_ImageTextSource):
 
     def __init__(self, *arguments, **keywords) -> None:
         super().__init__(*arguments, **keywords)
-        config, shard = self.config, self.shard
-        self.layout = BatchLayout(config.batch_size, shard.world_size, shard.rank, shard.grad_accum)
-        self.order = EpochOrder(self.num_samples, self.layout, shard.seed)
-        if self.order.steps_per_epoch == 0:
-            raise DataError(
-                f"the training shards hold {self.num_samples} readable samples, fewer than one global batch of "
-                f"{self.layout.global_batch_size} (batch_size {config.batch_size} x world_size {shard.world_size} "
-                f"x grad_accum {shard.grad_accum})", hint="use more data, or lower data.batch_size")
+        config = self.config
+        self.order = training_order(self.num_samples, config.batch_size, self.shard, "image_text_shards",
+                                    hint="use more data, or lower data.batch_size")
         self.augment = v2.Compose([
             v2.RandomResizedCrop(config.image_size, scale=(config.crop_scale_min, config.crop_scale_max), antialias=True),
             *([v2.RandomHorizontalFlip()] if config.flip else []),

@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 from plugins.catlip.dataset import MEAN, STD
 from toolkit.data import ShardInfo
-from toolkit.data.order import BatchLayout, EpochOrder
+from toolkit.data.order import training_order
 from toolkit.errors import DataError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -153,14 +153,9 @@ class FashionMNISTTrainSource(_FashionMNISTSource):
 
     def __init__(self, *arguments, **keywords) -> None:
         super().__init__(*arguments, **keywords)
-        config, shard = self.config, self.shard
-        self.layout = BatchLayout(config.batch_size, shard.world_size, shard.rank, shard.grad_accum)
-        self.order = EpochOrder(self.num_samples, self.layout, shard.seed)
-        if self.order.steps_per_epoch == 0:
-            raise DataError(
-                f"fashion_mnist: {self.num_samples} training images are fewer than one global batch of "
-                f"{self.layout.global_batch_size} (batch_size x world_size x grad_accum)",
-                hint="raise data.train_limit or lower data.batch_size")
+        config = self.config
+        self.order = training_order(self.num_samples, config.batch_size, self.shard, "fashion_mnist",
+                                    hint="raise data.train_limit or lower data.batch_size")
         self.augment = None
         if config.augment:
             self.augment = v2.Compose([

@@ -105,3 +105,17 @@ class EpochOrder:
         if step >= self.steps_per_epoch:  # the data shrank since the save: start the next epoch
             epoch, step = epoch + 1, 0
         self.position = TrainPosition(epoch, step, micro)
+
+
+def training_order(num_items: int, batch_size: int, shard: Any, what: str, hint: str) -> EpochOrder:
+    """The EpochOrder of a dataset's training split, or a DataError when the split cannot fill one
+    global batch. `shard` is the dataset's ShardInfo; `what` names the data in the message."""
+    from toolkit.errors import DataError
+
+    layout = BatchLayout(batch_size, shard.world_size, shard.rank, shard.grad_accum)
+    order = EpochOrder(num_items, layout, shard.seed)
+    if order.steps_per_epoch == 0:
+        raise DataError(f"{what}: {num_items} training samples are fewer than one global batch of "
+                        f"{layout.global_batch_size} (batch_size {batch_size} x world_size {shard.world_size} "
+                        f"x grad_accum {shard.grad_accum})", hint=hint)
+    return order
