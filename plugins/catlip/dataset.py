@@ -8,13 +8,13 @@ labels: synsets), "captions": list[str]}.
 
 Training order is `toolkit.data.order.EpochOrder` over all samples; the augmentation of a batch
 (random resized crop, horizontal flip, from torchvision.transforms.v2) draws from a generator
-seeded by (seed, epoch, step, micro-step, rank), so a resumed run sees the same pixels.
+seeded by its place in the stream (`EpochOrder.position_seed`), so a resumed run sees the same
+pixels.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +29,7 @@ from plugins.catlip.shards import ImageReader, ShardIndex, load_index
 from plugins.lm.cache import cache_root
 from plugins.lm.shard_reader import expand_shard_pattern
 from toolkit.data import ShardInfo
-from toolkit.data.order import training_order
+from toolkit.data.order import OrderedTrainSource, ValidationOrder, seeded_torch_rng, training_order
 from toolkit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class _ImageTextSource:
         return batch
 
 
-class ImageTextTrainSource(_ImageTextSource):
+class ImageTextTrainSource(OrderedTrainSource, _ImageTextSource):
     """Augmented training batches forever; resumable to the exact micro-batch and pixel."""
 
     def __init__(self, *arguments, **keywords) -> None:
@@ -125,24 +125,10 @@ class ImageTextTrainSource(_ImageTextSource):
         ])
 
     def next_batch(self) -> dict[str, Any]:
-        position = self.order.position
-        seed = [self.shard.seed, position.epoch, position.step, position.micro, self.shard.rank]
+        seed = self.order.position_seed(self.shard.rank)
         indices = self.order.next_indices()
-        # The transforms draw from torch's global generator: fork it, so the batch's randomness is
-        # a function of its place in the stream and nothing else in the process is disturbed.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        with seeded_torch_rng(seed):
             return self._batch(indices, len(indices), self.augment)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            yield self.next_batch()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state)
 
 
 class ImageTextValSource(_ImageTextSource):
@@ -154,21 +140,18 @@ class ImageTextValSource(_ImageTextSource):
 
     def __init__(self, *arguments, **keywords) -> None:
         super().__init__(*arguments, **keywords)
-        self.per_global_batch = self.config.batch_size * self.shard.world_size
-        self.num_batches = math.ceil(self.num_samples / self.per_global_batch)
+        self.order = ValidationOrder(self.num_samples, self.config.batch_size, self.shard)
         self.resize = v2.Compose([v2.Resize(self.config.image_size, antialias=True), v2.CenterCrop(self.config.image_size)])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for batch_index in range(self.num_batches):
-            start = batch_index * self.per_global_batch + self.shard.rank * self.config.batch_size
-            indices = np.arange(start, min(start + self.config.batch_size, self.num_samples))
+        for indices in self.order:
             yield self._batch(indices, self.config.batch_size, self.resize)
 
     def __len__(self) -> int:
-        return self.num_batches
+        return len(self.order)
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {}  # every evaluation is a fresh pass
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,8 +88,6 @@ def load_vocabulary(path: Path) -> SynsetVocabulary:
 def frequency_baseline(train_labels: list[list[int]], val_labels: list[list[int]], num_classes: int) -> float:
     """CatLIP's loss (BCE summed over classes, mean over samples) of always predicting each
     class's training frequency: the figure a model that ignores the image reaches at best."""
-    import math
-
     counts = [0] * num_classes
     for row in train_labels:
         for label in row:

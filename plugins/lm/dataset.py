@@ -8,7 +8,6 @@ then serve windows of seq_len + 1 tokens in the order plugins.lm.packing defines
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +22,7 @@ from plugins.lm.shard_reader import expand_shard_pattern
 from plugins.lm.token_cache import cached_tokens
 from plugins.lm.tokenizer import Tokenizer, cached_tokenizer, load_tokenizer
 from toolkit.data import ShardInfo
-from toolkit.data.order import BatchLayout, EpochOrder, TrainPosition
+from toolkit.data.order import BatchLayout, EpochOrder, TrainPosition, ValidationOrder
 from toolkit.errors import DataError
 
 
@@ -106,17 +105,14 @@ class PackedValSource(_PackedSource):
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int, shard: ShardInfo):
         super().__init__(tokens, tokenizer, seq_len, batch_size, shard)
-        self.windows_per_global_batch = batch_size * shard.world_size
-        self.num_batches = math.ceil(self.num_windows / self.windows_per_global_batch)
+        self.order = ValidationOrder(self.num_windows, batch_size, shard)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for index in range(self.num_batches):
-            start = index * self.windows_per_global_batch + self.shard.rank * self.batch_size
-            windows = np.arange(start, min(start + self.batch_size, self.num_windows))  # may be short or empty
+        for windows in self.order:  # may be short or empty: padded to batch_size rows
             yield make_batch(self.tokens, windows, self.seq_len, rows=self.batch_size, pad_id=self.tokenizer.eos_id)
 
     def __len__(self) -> int:
-        return self.num_batches
+        return len(self.order)
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # every evaluation is a fresh pass

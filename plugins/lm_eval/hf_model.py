@@ -44,16 +44,20 @@ class HFTokenizer:
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.vocab_size = len(tokenizer)
+        self._prefix = self._special_prefix()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def prefix_ids(self) -> list[int]:
-        """What the tokenizer puts before a document (a BOS, or nothing)."""
+    def _special_prefix(self) -> list[int]:
         marker = "\x00"
         with_special = self.tokenizer.encode(marker, add_special_tokens=True)
         without = self.tokenizer.encode(marker, add_special_tokens=False)
         return with_special[:len(with_special) - len(without)] if with_special[-len(without):] == without else []
+
+    def prefix_ids(self) -> list[int]:
+        """What the tokenizer puts before a document (a BOS, or nothing); worked out once."""
+        return list(self._prefix)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 
 from plugins.catlip.dataset import MEAN, STD
 from toolkit.data import ShardInfo
-from toolkit.data.order import training_order
+from toolkit.data.order import OrderedTrainSource, ValidationOrder, seeded_torch_rng, training_order
 from toolkit.errors import DataError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -148,7 +148,7 @@ class _FashionMNISTSource:
         return {"images": ((images - self.mean) / self.std).contiguous(), "targets": targets}
 
 
-class FashionMNISTTrainSource(_FashionMNISTSource):
+class FashionMNISTTrainSource(OrderedTrainSource, _FashionMNISTSource):
     """Training batches forever, in a per-epoch permutation; resumable to the exact micro-batch."""
 
     def __init__(self, *arguments, **keywords) -> None:
@@ -164,26 +164,12 @@ class FashionMNISTTrainSource(_FashionMNISTSource):
             ])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        position = self.order.position
-        seed = [self.shard.seed, position.epoch, position.step, position.micro, self.shard.rank]
+        seed = self.order.position_seed(self.shard.rank)
         indices = self.order.next_indices()
         if self.augment is None:
             return self._batch(indices, len(indices))
-        # The transforms draw from torch's global generator: fork it, so the pixels depend only on
-        # the batch's place in the stream and nothing else in the process is disturbed.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        with seeded_torch_rng(seed):
             return self._batch(indices, len(indices), self.augment)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            yield self.next_batch()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state)
 
 
 class FashionMNISTValSource(_FashionMNISTSource):
@@ -191,17 +177,14 @@ class FashionMNISTValSource(_FashionMNISTSource):
 
     def __init__(self, *arguments, **keywords) -> None:
         super().__init__(*arguments, **keywords)
-        self.per_global_batch = self.config.batch_size * self.shard.world_size
-        self.num_batches = math.ceil(self.num_samples / self.per_global_batch)
+        self.order = ValidationOrder(self.num_samples, self.config.batch_size, self.shard)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for batch_index in range(self.num_batches):
-            start = batch_index * self.per_global_batch + self.shard.rank * self.config.batch_size
-            indices = np.arange(start, max(start, min(start + self.config.batch_size, self.num_samples)))
+        for indices in self.order:
             yield self._batch(indices, self.config.batch_size)
 
     def __len__(self) -> int:
-        return self.num_batches
+        return len(self.order)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

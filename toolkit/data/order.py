@@ -1,4 +1,5 @@
-"""Which items each rank reads for each micro-batch, epoch after epoch, resumable to the micro-step.
+"""Which items each rank reads for each micro-batch, epoch after epoch, resumable to the micro-step;
+and which it reads in a validation pass.
 
 Epoch e visits items in `permutation(seed, e)`; global batch g of the epoch (one optimizer step)
 is permutation[g*G : (g+1)*G] with G = batch_size * world_size * grad_accum. Within a global
@@ -6,15 +7,22 @@ batch, micro-step m of rank r takes positions [(m * world_size + r) * B, ... + B
 items in a global batch depends only on (seed, epoch, g, G): one process with grad_accum 2 sees
 exactly the items two processes with grad_accum 1 see. Items left over at the end of an epoch
 (fewer than G) are skipped that epoch; the next permutation puts different items there.
+
+Validation: one pass in stored order; global batch k holds items [k*B*world, ...), rank r's part at
+offset r*B, so every rank yields the same number of batches (collectives stay in step) and a
+rank's part of the last one may be short or empty.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
@@ -75,6 +83,13 @@ class EpochOrder:
             self._permutation_epoch = epoch
         return self._permutation
 
+    def position_seed(self, rank: int) -> int:
+        """A seed for the randomness of the next micro-batch (augmentation): a function of the run's
+        seed, the stream position and the rank only, so a resumed run draws the same."""
+        position = self.position
+        parts = [self.seed, position.epoch, position.step, position.micro, rank]
+        return int(np.random.SeedSequence(parts).generate_state(1)[0])
+
     def next_indices(self) -> np.ndarray:
         """Item indices of this rank's next micro-batch; the position moves past it."""
         position = self.position
@@ -119,3 +134,51 @@ def training_order(num_items: int, batch_size: int, shard: Any, what: str, hint:
                         f"{layout.global_batch_size} (batch_size {batch_size} x world_size {shard.world_size} "
                         f"x grad_accum {shard.grad_accum})", hint=hint)
     return order
+
+
+@contextlib.contextmanager
+def seeded_torch_rng(seed: int) -> Iterator[None]:
+    """torch's global generator seeded with `seed` inside the block and restored after it.
+
+    torchvision's random transforms draw from the global generator; forking it keeps a batch's
+    randomness a function of its seed and leaves everything else in the process undisturbed.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class OrderedTrainSource:
+    """Iteration and resume for a training source that draws its micro-batches from `self.order`."""
+
+    order: EpochOrder
+
+    def next_batch(self) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            yield self.next_batch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
+
+
+class ValidationOrder:
+    """This rank's item indices for each batch of one validation pass (see the module docstring)."""
+
+    def __init__(self, num_items: int, batch_size: int, shard: Any) -> None:
+        self.num_items, self.batch_size, self.shard = num_items, batch_size, shard
+        self.per_global_batch = batch_size * shard.world_size
+        self.num_batches = math.ceil(num_items / self.per_global_batch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for batch_index in range(self.num_batches):
+            start = batch_index * self.per_global_batch + self.shard.rank * self.batch_size
+            yield np.arange(start, max(start, min(start + self.batch_size, self.num_items)))
