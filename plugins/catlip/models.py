@@ -26,6 +26,10 @@ class CatLIPViTConfig:
     mlp_dim: int = 768
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    # Starting bias of every class logit. torchvision (and CoreNet) start at 0, which puts the
+    # first BCE loss at num_classes * log 2 (266 for 384 classes) and spends the first steps
+    # learning that labels are rare; -log(num_classes) starts near the label prior instead.
+    head_bias_init: float = 0.0
 
 
 @dataclass
@@ -79,6 +83,7 @@ class CatLIPViT(VisionTransformer):
             dropout=config.dropout, attention_dropout=config.attention_dropout,
             num_classes=config.num_classes,
         )
+        nn.init.constant_(self.heads.head.bias, config.head_bias_init)
         self.config = config
 
     def fsdp_units(self) -> list[nn.Module]:

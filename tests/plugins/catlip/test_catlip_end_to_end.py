@@ -32,7 +32,7 @@ def test_tiny_recipe_learns_beyond_label_frequencies(tmp_path):
     final = [r for r in records(run_dir) if "val_loss" in r][-1]
     baseline = label_stats("catlip/tiny.yaml", [])["frequency_baseline_val_loss"]
     # Knowing only how common each synset is gives `baseline`; seeing the image must do better.
-    assert final["val_loss"] < 0.98 * baseline, (final, baseline)  # 150 steps: 0.967 x on this machine
+    assert final["val_loss"] < 0.95 * baseline, (final, baseline)  # 150 steps: 0.89-0.90x here (seeds 0, 1)
     vocabulary = json.loads((run_dir / "synsets.json").read_text())
     assert len(vocabulary) == 384 and vocabulary[0]["count"] >= vocabulary[-1]["count"]
     assert (run_dir / "step-000150" / "model.safetensors").is_file()

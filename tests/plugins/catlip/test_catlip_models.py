@@ -31,3 +31,12 @@ def test_tiny_vit_trains_on_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_head_bias_starts_at_the_configured_prior():
+    default = CatLIPViT(CatLIPViTConfig(num_classes=8))
+    assert torch.count_nonzero(default.heads.head.bias) == 0  # torchvision's (and CoreNet's) zero start
+    prior = CatLIPViT(CatLIPViTConfig(num_classes=8, head_bias_init=-2.5))
+    assert torch.equal(prior.heads.head.bias, torch.full((8,), -2.5))
+    logits = prior(torch.zeros(2, 3, 64, 64))  # [2, 8]: the head's weights start at zero
+    assert torch.allclose(logits, torch.full((2, 8), -2.5))
