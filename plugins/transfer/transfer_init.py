@@ -9,7 +9,8 @@ so that downstream names land on the same synsets the pretraining captions did):
      only if that synset exists and is named exactly so; the first candidate that maps wins.
 So "ankle boot" -> boot.n.01, "T-shirt/top" -> shirt.n.01 (t_shirt has no synset; its last word
 does). The class's row is copied when that synset is in the pretraining vocabulary; otherwise the
-row keeps the new head's random init.
+row keeps the new head's random weights, with the pretrained head's mean bias (see
+`apply_transfer_init`).
 """
 
 from __future__ import annotations
@@ -70,7 +71,17 @@ def match_classes(class_names: Sequence[str], mapper, vocabulary_index: dict[str
 @torch.no_grad()
 def apply_transfer_init(head: nn.Linear, pretrained_weight: torch.Tensor, pretrained_bias: torch.Tensor,
                         matches: Sequence[ClassMatch]) -> None:
-    """Copy the matched synsets' pretrained rows (weight [V, D], bias [V]) into `head` ([C, D], [C])."""
+    """Copy the matched synsets' pretrained rows (weight [V, D], bias [V]) into `head` ([C, D], [C]).
+
+    Unmatched classes keep their random weights, but their bias becomes the mean pretrained bias.
+    The pretrained biases sit far below zero (BCE over V mostly absent synsets learns each one's
+    log-odds prior), so next to copied rows a random row's bias near 0 would make every
+    unmatched class look far likelier than any matched one, and the copied rows would never win
+    a softmax at the start. With the mean, an unmatched class starts as "an average synset".
+    """
+    if not any(match.copied for match in matches):
+        return  # nothing to transfer: the head stays entirely random
+    head.bias.fill_(pretrained_bias.float().mean())
     for match in matches:
         if match.copied:
             head.weight[match.index].copy_(pretrained_weight[match.vocabulary_row])

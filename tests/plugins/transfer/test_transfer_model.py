@@ -11,7 +11,7 @@ import torch
 from plugins.optim import AdamWConfig, build_adamw
 from plugins.transfer.model import TransferViTConfig, build_transfer_vit, cached_mapper
 from plugins.transfer.task import ClassificationTask
-from plugins.transfer.transfer_init import candidate_lemmas, match_classes
+from plugins.transfer.transfer_init import ClassMatch, apply_transfer_init, candidate_lemmas, match_classes
 from tests.plugins.transfer.conftest import VOCABULARY
 from toolkit.engine.checkpoint import load_weights, resolve_checkpoint
 from toolkit.errors import CheckpointError, DataError
@@ -55,9 +55,9 @@ def test_transfer_init_copies_exactly_the_matched_rows(pretrained_run):
         if row in FASHION_TO_ROW:
             assert torch.equal(new_weight[row], weight[FASHION_TO_ROW[row]])
             assert torch.equal(new_bias[row], bias[FASHION_TO_ROW[row]])
-        else:  # untouched: the same default init a random head gets from the same seed
+        else:  # the random head's weights from the same seed, on the pretrained bias scale
             assert torch.equal(new_weight[row], random.heads.head.weight[row])
-            assert torch.equal(new_bias[row], random.heads.head.bias[row])
+            assert torch.allclose(new_bias[row], bias.mean())
             assert not any(torch.equal(new_weight[row], weight[v]) for v in range(len(VOCABULARY)))
     for row in FASHION_TO_ROW:  # the random head copied nothing
         assert not torch.equal(random.heads.head.weight[row], new_weight[row])
@@ -66,6 +66,14 @@ def test_transfer_init_copies_exactly_the_matched_rows(pretrained_run):
     report = transfer.transfer_report
     assert report["matched"] == 3 and [row["copied"] for row in report["rows"]].count(True) == 3
     json.dumps(report)  # JSON-able, for transfer_init.json
+
+
+def test_with_no_match_the_head_stays_entirely_random():
+    head = torch.nn.Linear(4, 2)
+    before = [tensor.clone() for tensor in (head.weight, head.bias)]
+    matches = [ClassMatch(0, "sneaker", None, None), ClassMatch(1, "coat", "coat.n.01", None)]
+    apply_transfer_init(head, torch.randn(3, 4), torch.full((3,), -6.0), matches)  # [V, D], [V]
+    assert torch.equal(head.weight, before[0]) and torch.equal(head.bias, before[1])
 
 
 def test_linear_probe_trains_only_the_head(pretrained_run):
