@@ -3,7 +3,9 @@
 Registers the model `transfer-vit` (a CatLIP ViT from a pretraining run with a new head over
 downstream classes, optionally initialised from the matching synsets' pretrained rows), the task
 `classification` (cross-entropy, accuracy) and the dataset `fashion_mnist` (Debian's
-`dataset-fashion-mnist` idx files).
+`dataset-fashion-mnist` idx files); and the evaluator `linear_probe` (`toolkit-eval linear_probe
+--model RUN`: a converged logistic-regression probe of a tower's frozen features, and Transfer
+Init's zero-shot accuracy).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from plugins.transfer.fashion_mnist import (
     build_fashion_mnist,
 )
 from plugins.transfer.model import TransferViT, TransferViTConfig, build_transfer_vit
+from plugins.transfer.probe import LinearProbeConfig, build_linear_probe
 from plugins.transfer.task import (
     ClassificationConfig,
     ClassificationTask,
@@ -47,3 +50,8 @@ def register_tasks(register):
 @hookimpl
 def register_datasets(register):
     register("fashion_mnist", build_fashion_mnist, config=FashionMNISTConfig)
+
+
+@hookimpl
+def register_evaluators(register):
+    register("linear_probe", build_linear_probe, config=LinearProbeConfig)
