@@ -11,6 +11,7 @@ number of steps, this measures the features, not the optimiser.
 `zero_shot_accuracy` is Transfer Init before any training: the test images of the classes that
 match a pretraining synset (the rule of plugins/transfer/transfer_init.py), each classified by the
 highest logit among those classes' pretrained head rows; its chance level is 1 / matched classes.
+It is left out for `tower=random`, whose features the pretrained head was never trained on.
 
 `tower=random` scores a randomly initialised tower of the same shape instead (seeded): the
 baseline that tells whether pretraining made the features better or worse for this data.
@@ -136,8 +137,10 @@ class LinearProbeEvaluator:
         train_accuracy = float((probe((train_features - mean) / std).argmax(1) == train_targets).float().mean())
 
         copied = [match for match in model.matches if match.copied]
-        rows = torch.tensor([match.vocabulary_row for match in copied], dtype=torch.long)
-        class_of_row = [match.index for match in copied]
+        # Zero-shot reads the pretrained head off the tower's features: meaningless for a random tower.
+        zero_shot_rows = copied if self.config.tower == "pretrained" else []
+        rows = torch.tensor([match.vocabulary_row for match in zero_shot_rows], dtype=torch.long)
+        class_of_row = [match.index for match in zero_shot_rows]
         test_images, _ = load_split(self.config.root, "val")
         count = min(len(test_images), context.limit or len(test_images))
         test = self._source("val", count, image_size)
@@ -149,7 +152,7 @@ class LinearProbeEvaluator:
             predicted = probe((test_features - mean) / std).argmax(1)  # [B]
             records = []
             zero_shot = None
-            if copied:  # [B, matched]: the pretrained rows of the matched classes only
+            if zero_shot_rows:  # [B, matched]: the pretrained rows of the matched classes only
                 logits = test_features @ model.head_weight[rows].T + model.head_bias[rows]
                 zero_shot = [class_of_row[column] for column in logits.argmax(1).tolist()]
             for position, target in enumerate(batch["targets"].tolist()):
@@ -173,7 +176,7 @@ class LinearProbeEvaluator:
         if zero_shot_records:
             metrics["zero_shot_accuracy"] = (sum(record["zero_shot"] == record["target"] for record in zero_shot_records)
                                              / len(zero_shot_records))
-            metrics["zero_shot_chance"] = 1 / len(copied)
+            metrics["zero_shot_chance"] = 1 / len(zero_shot_rows)
             metrics["zero_shot_images"] = len(zero_shot_records)
         return metrics
 

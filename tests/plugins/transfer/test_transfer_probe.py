@@ -56,6 +56,8 @@ def test_random_tower_is_its_own_model(pretrained_run, tmp_path):
     assert pretrained.returncode == 0 and random.returncode == 0, random.stderr
     identities = [json.loads((tmp_path / name / "results.json").read_text())["model_identity"] for name in "ab"]
     assert identities[0].endswith("tower=pretrained") and identities[1].endswith("tower=random seed=0")
+    metrics = json.loads((tmp_path / "b" / "results.json").read_text())["metrics"]
+    assert "zero_shot_accuracy" not in metrics and 0 <= metrics["accuracy"] <= 1
 
 
 def test_bad_input_is_one_line_and_writes_nothing(pretrained_run, tmp_path):
