@@ -154,6 +154,7 @@ class OrderedTrainSource:
     order: EpochOrder
 
     def next_batch(self) -> Any:
+        """This rank's next micro-batch; each source defines it (the rest of the class builds on it)."""
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[Any]:
