@@ -15,6 +15,7 @@ rank's part of the last one may be short or empty.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from collections.abc import Iterator
@@ -148,14 +149,14 @@ def seeded_torch_rng(seed: int) -> Iterator[None]:
         yield
 
 
-class OrderedTrainSource:
+class OrderedTrainSource(abc.ABC):
     """Iteration and resume for a training source that draws its micro-batches from `self.order`."""
 
     order: EpochOrder
 
+    @abc.abstractmethod
     def next_batch(self) -> Any:
         """This rank's next micro-batch; each source defines it (the rest of the class builds on it)."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[Any]:
         while True:
