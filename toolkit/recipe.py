@@ -8,8 +8,6 @@ overrides, so overrides always win. Recipes are data: nothing in them is ever ex
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from toolkit.engine.config import DistConfig, TrainerConfig
+from toolkit.config import DistConfig, TrainerConfig, build_config
 from toolkit.errors import RecipeError, RegistryError
 from toolkit.plugins import Registries
 from toolkit.registry import Component, closest
@@ -122,42 +120,6 @@ def _parse_overrides(overrides: list[str]) -> Any:
         raise RecipeError(f"bad override: {error}".splitlines()[0]) from error
 
 
-def _field_types(config_class: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(config_class)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config_class)}
-
-
-def _check_keys(config_class: type, values: Any, path: str) -> None:
-    """Unknown keys, recursively through nested dataclasses, with a did-you-mean."""
-    if not isinstance(values, dict):
-        raise RecipeError(f"{path}: expected a mapping of {config_class.__name__} fields, got {values!r}")
-    types = _field_types(config_class)
-    for key, value in values.items():
-        if key not in types:
-            suggestion = closest(str(key), list(types))
-            raise RecipeError(
-                f"{path}.{key}: unknown key for {config_class.__name__}",
-                hint=f"did you mean '{suggestion}'?" if suggestion else f"valid keys: {', '.join(types)}",
-            )
-        if dataclasses.is_dataclass(types[key]) and isinstance(value, dict):
-            _check_keys(types[key], value, f"{path}.{key}")
-
-
-def build_config(config_class: type, values: dict[str, Any], path: str) -> Any:
-    """`config_class` filled from `values`, with unknown keys and wrong types reported by path."""
-    _check_keys(config_class, values, path)
-    try:
-        structured = OmegaConf.merge(OmegaConf.structured(config_class), values)
-        return OmegaConf.to_object(structured)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or ""
-        message = str(error).splitlines()[0]
-        location = f"{path}.{key}" if key else path
-        raise RecipeError(f"{location}: {message}") from error
-    except (TypeError, ValueError) as error:  # raised by a config's __post_init__ checks
-        raise RecipeError(f"{path}: {error}") from error
-
-
 def _component(section: str, kind: str, values: Any, registries: Registries) -> ComponentSpec:
     if not isinstance(values, dict) or "name" not in values:
         known = ", ".join(registries[kind].names())
@@ -203,8 +165,10 @@ def load_recipe(name: str, overrides: list[str], registries: Registries) -> Reci
         _component(f"callbacks[{index}]", "callbacks", item, registries)
         for index, item in enumerate(callback_values)
     ]
-    core = {
-        section: build_config(config_class, values.get(section) or {}, section)
-        for section, config_class in CORE_SECTIONS.items()
-    }
+    core = {}
+    for section, config_class in CORE_SECTIONS.items():
+        try:
+            core[section] = build_config(config_class, values.get(section) or {}, section)
+        except RecipeError as error:  # the core's own sections: say which file
+            raise RecipeError(f"{path}: {error.message}", hint=error.hint) from error
     return Recipe(path, values, components, callbacks, core["trainer"], core["dist"])

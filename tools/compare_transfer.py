@@ -49,7 +49,7 @@ def transfer_matches(run_dir: Path) -> dict:
         return json.loads(saved.read_text())
     from plugins.transfer.model import TransferViTConfig, cached_mapper, find_vocabulary
     from plugins.transfer.transfer_init import match_classes, report
-    from toolkit.engine.checkpoint import resolve_checkpoint
+    from toolkit.checkpoint import resolve_checkpoint
 
     try:
         recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())

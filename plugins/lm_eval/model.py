@@ -132,7 +132,7 @@ def load_language_model(spec: str, device: str, tokenizer: str | None = None) ->
     """Whatever `--model` names: a toolkit run or checkpoint directory, a Hugging Face OpenELM
     directory (needs `tokenizer`), any other local Hugging Face causal-LM directory, or a GGUF file."""
     from plugins.lm.generate_cli import find_tokenizer
-    from toolkit.engine.checkpoint import load_model
+    from toolkit.checkpoint import load_model
 
     path = Path(spec)
     if not path.exists():

@@ -35,7 +35,7 @@ from plugins.openelm.config import (
     make_divisible,
 )
 from plugins.openelm.model import OpenELM, rope_tables
-from toolkit.engine.checkpoint import load_pickle_free, load_state_strict, load_weights
+from toolkit.checkpoint import load_pickle_free, load_state_strict, load_weights
 from toolkit.errors import CheckpointError
 
 HF_PREFIX = "transformer."
@@ -412,7 +412,7 @@ def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries
     `load_model` checks the recipe's model and that the weights fit it; the tensors written are the
     checkpoint file's own (same dtype and bits), not the model's float32 copies of them.
     """
-    from toolkit.engine.checkpoint import load_model
+    from toolkit.checkpoint import load_model
 
     loaded = load_model(checkpoint_or_run_dir, registries=registries)
     if not isinstance(loaded.model, OpenELM):

@@ -29,7 +29,7 @@ from plugins.transfer.transfer_init import (
     match_classes,
     report,
 )
-from toolkit.engine.checkpoint import (
+from toolkit.checkpoint import (
     load_state_strict,
     load_weights,
     read_recipe,

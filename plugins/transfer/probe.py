@@ -32,7 +32,7 @@ from plugins.transfer.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, FashionMNI
 from plugins.transfer.model import HEAD_KEYS, cached_mapper, find_vocabulary, pretrained_config, read_vocabulary
 from plugins.transfer.transfer_init import ClassMatch, match_classes
 from toolkit.data import ShardInfo
-from toolkit.engine.checkpoint import load_state_strict, load_weights, resolve_checkpoint
+from toolkit.checkpoint import load_state_strict, load_weights, resolve_checkpoint
 from toolkit.evaluation import EvalContext
 
 

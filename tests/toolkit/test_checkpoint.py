@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from toolkit.engine import checkpoint as ckpt
+from toolkit import checkpoint as ckpt
+from toolkit.engine import checkpoint as engine_checkpoint
+from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.errors import CheckpointError
 
 
-def content(step: int, model: nn.Module) -> ckpt.CheckpointContent:
-    return ckpt.CheckpointContent(
+def content(step: int, model: nn.Module) -> CheckpointContent:
+    return CheckpointContent(
         step=step, model=model.state_dict(), optimizer={"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
         scheduler={"last_epoch": step}, trainer_state={"step": step}, recipe_yaml="model: {name: x}\n",
     )
@@ -41,25 +43,25 @@ def test_tied_weights_stored_once_and_restored(tmp_path):
 def test_keep_last_and_latest(tmp_path):
     model = nn.Linear(2, 2)
     for step in (10, 20, 30, 40):
-        ckpt.save_checkpoint(tmp_path, content(step, model), keep_last=2)
+        save_checkpoint(tmp_path, content(step, model), keep_last=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000030", "step-000040"]
     assert ckpt.resolve_checkpoint(tmp_path).name == "step-000040"
 
 
 def test_crash_during_save_leaves_previous_checkpoint_latest(tmp_path, monkeypatch):
     model = nn.Linear(2, 2)
-    ckpt.save_checkpoint(tmp_path, content(10, model), keep_last=3)
+    save_checkpoint(tmp_path, content(10, model), keep_last=3)
 
     def crash(*args, **kwargs):
         raise OSError("disk pulled out mid-save")
 
-    monkeypatch.setattr(ckpt.os, "rename", crash)
+    monkeypatch.setattr(engine_checkpoint.os, "rename", crash)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(tmp_path, content(20, model), keep_last=3)
+        save_checkpoint(tmp_path, content(20, model), keep_last=3)
     monkeypatch.undo()
     assert ckpt.resolve_checkpoint(tmp_path).name == "step-000010"
     # the next save clears the half-written temporary directory
-    ckpt.save_checkpoint(tmp_path, content(30, model), keep_last=3)
+    save_checkpoint(tmp_path, content(30, model), keep_last=3)
     assert not list(tmp_path.glob(".tmp-*"))
 
 

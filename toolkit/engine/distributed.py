@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from toolkit.engine.config import DistConfig
+from toolkit.config import DistConfig
 from toolkit.errors import RecipeError
 
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from toolkit.engine import checkpoint as ckpt
+from toolkit import checkpoint as ckpt
+from toolkit.engine.checkpoint import CheckpointContent
 from toolkit.engine import distributed, rng
 from toolkit.errors import CheckpointError
 
@@ -59,7 +60,7 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def training_state_dicts(trainer: "Trainer") -> ckpt.CheckpointContent:
+def training_state_dicts(trainer: "Trainer") -> CheckpointContent:
     model = trainer.raw_model
     if _is_sharded(model):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -73,7 +74,7 @@ def training_state_dicts(trainer: "Trainer") -> ckpt.CheckpointContent:
         "data": distributed.gather_objects(trainer.train_data.state_dict()),
         "rng": distributed.gather_objects(rng.capture()),
     }
-    return ckpt.CheckpointContent(
+    return CheckpointContent(
         step=trainer.step,
         model=model_state(model),
         optimizer=optimizer,

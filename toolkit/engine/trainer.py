@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from toolkit.data import ShardInfo
-from toolkit.engine import checkpoint as ckpt
+from toolkit import checkpoint as ckpt
+from toolkit.engine.checkpoint import save_checkpoint
 from toolkit.engine import distributed
 from toolkit.engine.ema import ExponentialMovingAverage
 from toolkit.engine.malloc import keep_freed_memory_for_reuse
@@ -261,7 +262,7 @@ class Trainer:
     def save(self) -> Path:
         content = training_state_dicts(self)  # every rank takes part (FSDP gathers, RNG gathered)
         if self.context.is_main:
-            self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, content, self.config.keep_last)
+            self.last_checkpoint = save_checkpoint(self.run_dir, content, self.config.keep_last)
         else:
             self.last_checkpoint = self.run_dir / ckpt.checkpoint_name(self.step)
         distributed.barrier()

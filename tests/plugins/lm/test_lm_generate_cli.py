@@ -13,7 +13,8 @@ from torch import nn
 
 import toolkit.plugins
 from toolkit.data import ShardInfo
-from toolkit.engine import checkpoint as ckpt
+from toolkit import checkpoint as ckpt
+from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.registry import Registry
 
 from plugins.lm import generate_cli
@@ -50,9 +51,9 @@ def run_dir(small_corpus, small_tokenizer_path, tmp_path, monkeypatch):
     recipe = {"model": {"name": "bigram", "vocab_size": 512}, "data": {"name": "text_shards", "vocab_size": 512}}
     run = tmp_path / "run"
     run.mkdir()
-    content = ckpt.CheckpointContent(step=1, model=model.state_dict(), optimizer={}, scheduler={},
+    content = CheckpointContent(step=1, model=model.state_dict(), optimizer={}, scheduler={},
                                      trainer_state={"step": 1}, recipe_yaml=yaml.safe_dump(recipe))
-    ckpt.save_checkpoint(run, content, keep_last=1)
+    save_checkpoint(run, content, keep_last=1)
     shutil.copyfile(small_tokenizer_path, run / "tokenizer.model")  # what the engine does via run_files()
     return run
 

@@ -17,7 +17,8 @@ from plugins.lm.shard_writer import Document, write_text_shards
 from plugins.lm.tokenizer import cached_tokenizer
 from toolkit.cli.common import run_cli
 from toolkit.cli.eval import main_with_arguments
-from toolkit.engine import checkpoint as ckpt
+from toolkit import checkpoint as ckpt
+from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.evaluation import PARTIAL_FILE, RESULTS_FILE, SAMPLES_FILE
 
 MODEL = {"name": "openelm", "vocab_size": 512, "max_context_length": 64, "num_layers": 2, "model_dim": 64,
@@ -43,9 +44,9 @@ def workspace(tmp_path_factory):
     run = root / "run"
     run.mkdir()
     recipe = {"model": MODEL, "data": {"name": "text_shards", "vocab_size": 512}}
-    content = ckpt.CheckpointContent(step=1, model=build_openelm(config).state_dict(), optimizer={}, scheduler={},
+    content = CheckpointContent(step=1, model=build_openelm(config).state_dict(), optimizer={}, scheduler={},
                                      trainer_state={"step": 1}, recipe_yaml=yaml.safe_dump(recipe))
-    ckpt.save_checkpoint(run, content, keep_last=1)
+    save_checkpoint(run, content, keep_last=1)
     shutil.copyfile(tokenizer, run / "tokenizer.model")
     shots = root / "shots.jsonl"  # problems of our own, so the test needs no data package
     shots.write_text("".join(json.dumps({"question": f"Tom has {n} hats and gets {n} more. How many hats?",

@@ -24,7 +24,8 @@ from plugins.openelm.convert import (
     state_to_hf,
 )
 from plugins.openelm.model import OpenELM
-from toolkit.engine import checkpoint as ckpt
+from toolkit import checkpoint as ckpt
+from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.errors import CheckpointError
 
 TINY = {"vocab_size": 97, "max_context_length": 32, "num_layers": 3, "model_dim": 64, "head_dim": 16,
@@ -58,9 +59,9 @@ def tiny_model(seed: int = 0, **overrides) -> OpenELM:
 def make_run(tmp_path, model: torch.nn.Module, model_section: dict):
     run = tmp_path / "run"
     run.mkdir()
-    content = ckpt.CheckpointContent(step=3, model=model.state_dict(), optimizer={}, scheduler={},
+    content = CheckpointContent(step=3, model=model.state_dict(), optimizer={}, scheduler={},
                                      trainer_state={"step": 3}, recipe_yaml=yaml.safe_dump({"model": model_section}))
-    ckpt.save_checkpoint(run, content, keep_last=1)
+    save_checkpoint(run, content, keep_last=1)
     return run
 
 
@@ -171,9 +172,9 @@ def test_export_refuses_a_non_empty_out_dir_and_a_non_openelm_model(tmp_path, mo
     registries["models"].add("linear", lambda config: torch.nn.Linear(2, 2), None, "tests")
     other = tmp_path / "other"
     other.mkdir()
-    content = ckpt.CheckpointContent(step=1, model=torch.nn.Linear(2, 2).state_dict(), optimizer={}, scheduler={},
+    content = CheckpointContent(step=1, model=torch.nn.Linear(2, 2).state_dict(), optimizer={}, scheduler={},
                                      trainer_state={}, recipe_yaml=yaml.safe_dump({"model": {"name": "linear"}}))
-    ckpt.save_checkpoint(other, content, keep_last=1)
+    save_checkpoint(other, content, keep_last=1)
     with pytest.raises(CheckpointError, match="'linear' is Linear, not OpenELM"):
         export_hf(other, tmp_path / "out", registries=registries)
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from plugins.openelm import RECIPES_DIR
 from plugins.openelm.config import PRESETS
-from toolkit.engine.config import DistConfig, TrainerConfig
+from toolkit.config import DistConfig, TrainerConfig
 from toolkit.errors import ToolkitError
 from toolkit.plugins import get_registries
 from toolkit.recipe import build_config, load_recipe

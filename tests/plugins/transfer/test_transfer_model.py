@@ -13,7 +13,7 @@ from plugins.transfer.model import TransferViTConfig, build_transfer_vit, cached
 from plugins.transfer.task import ClassificationTask
 from plugins.transfer.transfer_init import ClassMatch, apply_transfer_init, candidate_lemmas, match_classes
 from tests.plugins.transfer.conftest import VOCABULARY
-from toolkit.engine.checkpoint import load_weights, resolve_checkpoint
+from toolkit.checkpoint import load_weights, resolve_checkpoint
 from toolkit.errors import CheckpointError, DataError
 
 FASHION_TO_ROW = {3: 1, 4: 2, 9: 3}  # dress -> dress.n.01, coat -> coat.n.01, ankle boot -> boot.n.01

@@ -1,0 +1,197 @@
+"""The public checkpoint API: find a run's checkpoints, read its recipe and weights, build its model.
+
+Plugins and tools use this module, never the engine's internals. Layout of `RUN_DIR/step-000100/`:
+    model.safetensors    weights of the trained model (tied tensors stored once; aliases in metadata)
+    <name>.safetensors   weights of each further trained model of a many-model task
+    ema.safetensors      EMA weights, when the run keeps an EMA
+    optimizer.pt         optimizer state (tensors and numbers only; read with weights_only=True)
+    scheduler.json       learning-rate schedule state
+    trainer_state.json   step, data positions and RNG states of every rank
+    recipe.yaml          the fully resolved recipe of the run
+
+Nothing here unpickles arbitrary objects: weights are safetensors, the optimizer file is read with
+`torch.load(weights_only=True)`, everything else is JSON or YAML.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from toolkit.config import build_config
+from toolkit.errors import CheckpointError, RecipeError
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d{6,})$")
+REQUIRED_FILES = ("model.safetensors", "trainer_state.json", "recipe.yaml")
+ALIASES_KEY = "toolkit.aliases"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first (temporary ones are never listed)."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint or run directory, checked for completeness."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    if path.is_dir() and not (path / "model.safetensors").exists():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(
+                f"{path}: not a checkpoint (no model.safetensors) and holds no step-NNNNNN/ checkpoints"
+            )
+        path = latest
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete checkpoint, missing {', '.join(missing)}")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Save a state dict as safetensors, storing tensors that share memory (tied weights) once."""
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    owner_by_storage: dict[tuple[int, int, tuple], str] = {}
+    for key, tensor in state.items():
+        tensor = tensor.detach()
+        try:
+            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        except RuntimeError:  # FSDP's gathered tensors can hide their storage: copy, no aliasing
+            tensor = tensor.clone()
+            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if identity in owner_by_storage:
+            aliases[key] = owner_by_storage[identity]
+            continue
+        owner_by_storage[identity] = key
+        unique[key] = tensor.to("cpu").contiguous()
+    save_file(unique, str(path), metadata={ALIASES_KEY: json.dumps(aliases)})
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors weights file (aliases restored). Never unpickles anything."""
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+    for alias, owner in json.loads(metadata.get(ALIASES_KEY, "{}")).items():
+        state[alias] = state[owner]
+    return state
+
+
+def load_pickle_free(path: Path) -> Any:
+    """`torch.load` restricted to tensors and plain containers; refuses any other pickled object."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled objects other than tensors and plain data"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {error})".splitlines()[0]) from error
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{checkpoint / 'trainer_state.json'}: unreadable ({error})") from error
+
+
+def read_recipe(checkpoint: Path) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load((checkpoint / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: unreadable ({error})".splitlines()[0]) from error
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: not a recipe mapping")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a trained model for inference
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    recipe: dict[str, Any]
+    checkpoint_dir: Path
+    run_dir: Path
+
+
+def load_model(path: str | Path, registries=None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Build the model a checkpoint's recipe names and load its weights (EMA weights if `ema`)."""
+    from toolkit.plugins import get_registries  # loading plugins is slow: only when a model is built
+
+    checkpoint = resolve_checkpoint(path)
+    recipe = read_recipe(checkpoint)
+    registries = registries or get_registries()
+    model_section = dict(recipe.get("model") or {})
+    if "name" not in model_section:
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: has no model.name")
+    component = registries["models"].get(str(model_section.pop("name")))
+    try:
+        config = build_config(component.config_class, model_section, "model") if component.config_class else None
+    except RecipeError as error:
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: {error.message}") from error
+    with torch.device(device):
+        model = component.factory(config)
+    state = load_weights(checkpoint / "model.safetensors")
+    load_state_strict(model, state, checkpoint / "model.safetensors")
+    model.eval()
+    return LoadedModel(model=model, recipe=recipe, checkpoint_dir=checkpoint, run_dir=checkpoint.parent)
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False) -> None:
+    """`model.load_state_dict(state)` with shape and key mismatches reported as one line.
+
+    `assign=True` makes the model hold `state`'s tensors themselves (for a model built on meta).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match the model: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for key, tensor in expected.items():
+        if tuple(tensor.shape) != tuple(state[key].shape):
+            raise CheckpointError(
+                f"{source}: '{key}' has shape {tuple(state[key].shape)} but the model expects {tuple(tensor.shape)}"
+            )
+    model.load_state_dict(state, assign=assign)
