@@ -32,12 +32,23 @@ from toolkit.config import build_config
 from toolkit.errors import CheckpointError, RecipeError
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{6,})$")
-REQUIRED_FILES = ("model.safetensors", "trainer_state.json", "recipe.yaml")
+REQUIRED_FILES = ("trainer_state.json", "recipe.yaml")  # and at least one model weights file
+SINGLE_MODEL = "model"  # the model of a recipe's `model:` section
 ALIASES_KEY = "toolkit.aliases"
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
+
+
+def weights_file(model_name: str) -> str:
+    """The weights file of one trained model: `model.safetensors` for a recipe's `model:` section,
+    `model-<name>.safetensors` for each trained model under `models:`."""
+    return "model.safetensors" if model_name == SINGLE_MODEL else f"model-{model_name}.safetensors"
+
+
+def _holds_weights(directory: Path) -> bool:
+    return any(directory.glob("model*.safetensors"))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -58,7 +69,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
-    if path.is_dir() and not (path / "model.safetensors").exists():
+    if path.is_dir() and not _holds_weights(path) and not (path / "trainer_state.json").exists():
         latest = latest_checkpoint(path)
         if latest is None:
             raise CheckpointError(
@@ -68,6 +79,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if not _holds_weights(path):
+        missing.insert(0, "model.safetensors")
     if missing:
         raise CheckpointError(f"{path}: not a complete checkpoint, missing {', '.join(missing)}")
     return path
@@ -153,27 +166,73 @@ class LoadedModel:
     run_dir: Path
 
 
-def load_model(path: str | Path, registries=None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build the model a checkpoint's recipe names and load its weights (EMA weights if `ema`)."""
+def model_sections(recipe: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A saved recipe's models: name -> section (`model:` is the one model named "model")."""
+    if recipe.get("model") is not None:
+        return {SINGLE_MODEL: dict(recipe["model"])}
+    several = recipe.get("models")
+    return {str(name): dict(section or {}) for name, section in several.items()} if isinstance(several, dict) else {}
+
+
+def _pick_model(checkpoint: Path, sections: dict[str, dict[str, Any]], name: str | None) -> str:
+    if name is not None:
+        if name not in sections:
+            raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: has no model '{name}'",
+                                  hint=f"its models: {', '.join(sections) or 'none'}")
+        return name
+    trained = [key for key, section in sections.items() if not section.get("frozen", False)]
+    if len(trained) != 1:
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: names {len(trained)} trained models; say which",
+                              hint=f"its trained models: {', '.join(trained) or 'none'}")
+    return trained[0]
+
+
+def load_model(path: str | Path, registries=None, device: str | torch.device = "cpu",
+               name: str | None = None) -> LoadedModel:
+    """Build the model a checkpoint's recipe names and load its weights.
+
+    `name` picks one model of a many-model run (default: the one trained model). A frozen model
+    has no weights in the checkpoint: it is loaded from the `source:` its recipe records.
+    """
     from toolkit.plugins import get_registries  # loading plugins is slow: only when a model is built
 
     checkpoint = resolve_checkpoint(path)
     recipe = read_recipe(checkpoint)
     registries = registries or get_registries()
-    model_section = dict(recipe.get("model") or {})
-    if "name" not in model_section:
+    sections = model_sections(recipe)
+    if not sections:
         raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: has no model.name")
-    component = registries["models"].get(str(model_section.pop("name")))
-    try:
-        config = build_config(component.config_class, model_section, "model") if component.config_class else None
-    except RecipeError as error:
-        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: {error.message}") from error
-    with torch.device(device):
-        model = component.factory(config)
-    state = load_weights(checkpoint / "model.safetensors")
-    load_state_strict(model, state, checkpoint / "model.safetensors")
+    chosen = _pick_model(checkpoint, sections, name)
+    section = {key: value for key, value in sections[chosen].items() if key not in ("frozen", "source", "dtype")}
+    source, frozen = sections[chosen].get("source", ""), sections[chosen].get("frozen", False)
+    if "name" not in section:
+        if not source:
+            raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: model '{chosen}' has no name and no source")
+        model = load_model(source, registries, device).model
+    else:
+        component = registries["models"].get(str(section.pop("name")))
+        try:
+            config = build_config(component.config_class, section, chosen) if component.config_class else None
+        except RecipeError as error:
+            raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: {error.message}") from error
+        with torch.device(device):
+            model = component.factory(config)
+        if frozen and source:
+            load_weights_into(model, source)
+    if not frozen:
+        weights = checkpoint / weights_file(chosen)
+        load_state_strict(model, load_weights(weights), weights)
     model.eval()
     return LoadedModel(model=model, recipe=recipe, checkpoint_dir=checkpoint, run_dir=checkpoint.parent)
+
+
+def load_weights_into(model: nn.Module, source: str | Path, name: str | None = None) -> Path:
+    """Load the weights of a run's (trained) model into `model`, strictly; returns the file read."""
+    checkpoint = resolve_checkpoint(source)
+    chosen = _pick_model(checkpoint, model_sections(read_recipe(checkpoint)), name)
+    weights = checkpoint / weights_file(chosen)
+    load_state_strict(model, load_weights(weights), weights)
+    return weights
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False) -> None:

@@ -2,7 +2,9 @@
 
 A recipe has component sections (`model`, `task`, `loss`, `data`, `optim`, `schedule`, `eval`,
 each `name:` plus that component's config fields; `callbacks` is a list of such sections) and the
-core sections `trainer` and `dist`. Merge order: base files, then the file, then command-line
+core sections `trainer` and `dist`. A task that uses several models takes `models:` instead of
+`model:`, a mapping of model names to sections that may also say `frozen: true`, `source: RUN`
+(load that run's weights; without `name:`, its model too) and `dtype: bf16` (frozen models only). Merge order: base files, then the file, then command-line
 overrides, so overrides always win. Recipes are data: nothing in them is ever executed.
 """
 
@@ -12,18 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from toolkit.config import DistConfig, TrainerConfig, build_config
+from toolkit.config import DistConfig, Precision, TrainerConfig, build_config
 from toolkit.errors import RecipeError, RegistryError
 from toolkit.plugins import Registries
 from toolkit.registry import Component, closest
 
-# section -> (registry kind, required)
+# section -> (registry kind, required); the model sections are read by _models
 COMPONENT_SECTIONS: dict[str, tuple[str, bool]] = {
-    "model": ("models", True),
     "task": ("tasks", True),
     "loss": ("losses", False),
     "data": ("datasets", True),
@@ -32,7 +35,10 @@ COMPONENT_SECTIONS: dict[str, tuple[str, bool]] = {
     "eval": ("evaluators", False),
 }
 CORE_SECTIONS: dict[str, type] = {"trainer": TrainerConfig, "dist": DistConfig}
-ALL_SECTIONS = [*COMPONENT_SECTIONS, "callbacks", *CORE_SECTIONS]
+ALL_SECTIONS = ["model", "models", *COMPONENT_SECTIONS, "callbacks", *CORE_SECTIONS]
+SINGLE_MODEL = "model"  # the name of the one model of a `model:` section
+MODEL_SLOT_KEYS = ("frozen", "source", "dtype")  # engine options of a `models:` entry
+MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # names become file names: model-<name>.safetensors
 
 
 @dataclass
@@ -48,10 +54,22 @@ class ComponentSpec:
 
 
 @dataclass
+class ModelSpec:
+    """One model of a recipe: a registered component, a run's weights, or a component plus weights."""
+
+    name: str  # "model" for a `model:` section, else its key under `models:`
+    component: ComponentSpec | None  # None: the model `source`'s recipe names is built
+    frozen: bool = False
+    source: str = ""  # a run or checkpoint directory whose weights the model starts from
+    dtype: Precision = Precision.fp32  # frozen models may be kept in bf16
+
+
+@dataclass
 class Recipe:
     source: Path
     values: dict[str, Any]  # the fully resolved recipe, as saved in the run directory
-    components: dict[str, ComponentSpec]
+    components: dict[str, ComponentSpec]  # every component section but the model(s)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
     callbacks: list[ComponentSpec] = field(default_factory=list)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -137,6 +155,61 @@ def _component(section: str, kind: str, values: Any, registries: Registries) -> 
     return ComponentSpec(section, component, build_config(component.config_class, options, section))
 
 
+def _model_spec(name: str, values: Any, registries: Registries, path: Path) -> ModelSpec:
+    section = f"models.{name}"
+    if not MODEL_NAME.match(name):
+        raise RecipeError(f"{path}: {section}: a model name must be letters, digits and '_', starting with a letter")
+    if not isinstance(values, dict):
+        raise RecipeError(f"{path}: {section}: expected a mapping with 'name:' or 'source:', got {values!r}")
+    options = dict(values)
+    slot = {key: options.pop(key) for key in MODEL_SLOT_KEYS if key in options}
+    frozen, source, dtype = slot.get("frozen", False), slot.get("source", ""), slot.get("dtype", "fp32")
+    if not isinstance(frozen, bool):
+        raise RecipeError(f"{path}: {section}.frozen: expected true or false, got {frozen!r}")
+    if not isinstance(source, str):
+        raise RecipeError(f"{path}: {section}.source: expected a run or checkpoint directory, got {source!r}")
+    if dtype not in {member.value for member in Precision}:
+        raise RecipeError(f"{path}: {section}.dtype: '{dtype}' is not fp32 or bf16")
+    if dtype == Precision.bf16 and not frozen:
+        raise RecipeError(f"{path}: {section}.dtype: only a frozen model is kept in bf16",
+                          hint="a trained model's precision is trainer.precision (bf16 autocast)")
+    if "name" not in options:
+        if not source:
+            raise RecipeError(f"{path}: {section} needs a 'name:' (a registered model) or a 'source:' (a run)",
+                              hint=f"known models: {', '.join(registries['models'].names())}")
+        if options:
+            raise RecipeError(f"{path}: {section}: options {sorted(options)} need a 'name:'; "
+                              "a model built from its 'source:' takes that run's config")
+        return ModelSpec(name, None, frozen, source, Precision(dtype))
+    component = _component(section, "models", options, registries)
+    clashes = sorted(set(MODEL_SLOT_KEYS) & set(_config_fields(component)))
+    if clashes:
+        raise RecipeError(f"{path}: {section}: model '{options['name']}' has config fields {clashes}, which "
+                          "the engine reserves in a 'models:' entry", hint="use the single 'model:' section")
+    return ModelSpec(name, component, frozen, source, Precision(dtype))
+
+
+def _config_fields(spec: ComponentSpec) -> list[str]:
+    return list(getattr(spec.component.config_class, "__dataclass_fields__", {}))
+
+
+def _models(values: dict[str, Any], registries: Registries, path: Path) -> dict[str, ModelSpec]:
+    single, several = values.get("model"), values.get("models")
+    if single is not None and several is not None:
+        raise RecipeError(f"{path}: has both 'model:' and 'models:'", hint="name every model under 'models:'")
+    if single is not None:
+        return {SINGLE_MODEL: ModelSpec(SINGLE_MODEL, _component("model", "models", single, registries))}
+    if several is None:
+        raise RecipeError(f"{path}: recipe has no 'model' section",
+                          hint=f"known models: {', '.join(registries['models'].names())}")
+    if not isinstance(several, dict) or not several:
+        raise RecipeError(f"{path}: 'models:' must map model names to sections")
+    specs = {str(name): _model_spec(str(name), entry, registries, path) for name, entry in several.items()}
+    if all(spec.frozen for spec in specs.values()):
+        raise RecipeError(f"{path}: every model under 'models:' is frozen: nothing would be trained")
+    return specs
+
+
 def load_recipe(name: str, overrides: list[str], registries: Registries) -> Recipe:
     """Read, inherit, override, resolve and validate a recipe."""
     path = find_recipe(name, registries.recipe_dirs)
@@ -158,6 +231,7 @@ def load_recipe(name: str, overrides: list[str], registries: Registries) -> Reci
             components[section] = _component(section, kind, values[section], registries)
         elif required:
             raise RecipeError(f"{path}: recipe has no '{section}' section", hint=f"known {kind}: {', '.join(registries[kind].names())}")
+    models = _models(values, registries, path)
     callback_values = values.get("callbacks") or []
     if not isinstance(callback_values, list):
         raise RecipeError(f"{path}: 'callbacks' must be a list of sections with 'name:'")
@@ -171,4 +245,4 @@ def load_recipe(name: str, overrides: list[str], registries: Registries) -> Reci
             core[section] = build_config(config_class, values.get(section) or {}, section)
         except RecipeError as error:  # the core's own sections: say which file
             raise RecipeError(f"{path}: {error.message}", hint=error.hint) from error
-    return Recipe(path, values, components, callbacks, core["trainer"], core["dist"])
+    return Recipe(path, values, components, models, callbacks, core["trainer"], core["dist"])

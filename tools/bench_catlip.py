@@ -5,8 +5,8 @@
 
 Three step functions run interleaved, round after round, on the same pre-made batches (the data
 pipeline is left out; tools/bench_image_pipeline.py measures it):
-  * catlip: the real `Trainer._train_step` of recipes/catlip/tiny.yaml (ViT + synset head + BCE);
-  * clip:   the real `Trainer._train_step` of recipes/clip/tiny.yaml (the same ViT as image tower,
+  * catlip: the real `Trainer.run_step` of recipes/catlip/tiny.yaml (ViT + synset head + BCE);
+  * clip:   the real `Trainer.run_step` of recipes/clip/tiny.yaml (the same ViT as image tower,
             open_clip's ViT-S-32 text tower, ClipLoss);
   * bare:   a plain PyTorch loop doing catlip's work (same model init, optimizer, schedule, autocast,
             clipping) with nothing else.
@@ -27,9 +27,10 @@ import time
 import torch
 
 from toolkit.cli.common import run_cli
+from toolkit.assembly import build_trainer
 from toolkit.engine.trainer import Trainer, move_to
 from toolkit.plugins import get_registries
-from toolkit.recipe import load_recipe
+from toolkit.recipe import Recipe, load_recipe
 
 TOWERS = {  # model overrides that put each tower into both recipes
     "tiny": [],
@@ -38,19 +39,18 @@ TOWERS = {  # model overrides that put each tower into both recipes
 }
 
 
-def make_trainer(recipe_name: str, overrides: list[str], out_dir: str) -> Trainer:
+def make_trainer(recipe_name: str, overrides: list[str], out_dir: str) -> tuple[Recipe, Trainer]:
     recipe = load_recipe(recipe_name, [*overrides, f"trainer.out_dir={out_dir}", "trainer.progress=false"],
                          get_registries())
-    return Trainer(recipe)
+    return recipe, build_trainer(recipe)
 
 
-def bare_step_function(trainer: Trainer):
+def bare_step_function(recipe: Recipe, trainer: Trainer):
     """catlip's step written as a plain loop over a fresh copy of the same model and optimizer."""
-    recipe = trainer.recipe
     torch.manual_seed(recipe.trainer.seed)
     with torch.device(trainer.context.device):
-        model = recipe.components["model"].build()
-    model.load_state_dict(trainer.raw_model.state_dict())
+        model = recipe.models["model"].component.build()
+    model.load_state_dict(trainer.models.trained[0].module.state_dict())
     optimizer = recipe.components["optim"].build(model)
     scheduler = recipe.components["schedule"].build(optimizer, recipe.trainer.max_steps)
     loss_function = recipe.components["loss"].build()
@@ -94,17 +94,17 @@ def run(argv: list[str]) -> int:
                  f"trainer.precision={arguments.precision}", f"dist.device={arguments.device}",
                  "trainer.peak_flops=1e12", f"trainer.max_steps={arguments.rounds + arguments.warmup + 1}"]
     with tempfile.TemporaryDirectory() as scratch:
-        catlip = make_trainer("catlip/tiny.yaml", overrides, f"{scratch}/catlip")
-        clip = make_trainer("clip/tiny.yaml", overrides, f"{scratch}/clip")
+        catlip_recipe, catlip = make_trainer("catlip/tiny.yaml", overrides, f"{scratch}/catlip")
+        _, clip = make_trainer("clip/tiny.yaml", overrides, f"{scratch}/clip")
         device = catlip.context.device
-        source = iter(catlip.train_data)
+        source = iter(catlip.parts.train_data)
         batches = [next(source) for _ in range(arguments.rounds + arguments.warmup)]
-        bare = bare_step_function(catlip)
+        bare = bare_step_function(catlip_recipe, catlip)
         times: dict[str, list[float]] = {"catlip": [], "clip": [], "bare": []}
         for round_index, batch in enumerate(batches):
             # Alternate the order so that no step always runs right after another one.
-            steps = [("catlip", lambda batch=batch: catlip._train_step(iter([batch]))),
-                     ("clip", lambda batch=batch: clip._train_step(iter([batch]))),
+            steps = [("catlip", lambda batch=batch: catlip.run_step(iter([batch]))),
+                     ("clip", lambda batch=batch: clip.run_step(iter([batch]))),
                      ("bare", lambda batch=batch: bare(batch))]
             for name, step in steps if round_index % 2 == 0 else steps[::-1]:
                 elapsed = timed(step, device)

@@ -7,7 +7,7 @@ Measures, on the recipe's own data (built-in OpenMoji by default):
     cache then makes later epochs and runs free of it);
   * pipeline: images/s the training source delivers (decode, random resized crop, flip,
     normalise, multi-hot labels from the warm cache), in this process, as training reads it;
-  * consumption: images/s the recipe's training step takes in (real `Trainer._train_step` on a
+  * consumption: images/s the recipe's training step takes in (real `Trainer.run_step` on a
     batch made the round before, so the pipeline is not in it).
 The two alternate, round after round, and medians are compared. Target: pipeline >= 5x
 consumption. The last line is JSON.
@@ -26,7 +26,7 @@ from plugins.catlip import labels as label_cache
 from plugins.catlip.synsets import SynsetMapper
 from toolkit.cli.common import run_cli
 from toolkit.data import ShardInfo
-from toolkit.engine.trainer import Trainer
+from toolkit.assembly import build_trainer
 from toolkit.plugins import get_registries
 from toolkit.recipe import load_recipe
 
@@ -54,7 +54,7 @@ def run(argv: list[str]) -> int:
         mining_seconds = time.perf_counter() - started
 
         source = data.build("train", ShardInfo())  # warm: labels come from the cache
-        trainer = Trainer(recipe)
+        trainer = build_trainer(recipe)
         batches = [source.next_batch() for _ in range(2)]  # the first steps are warm-up
         pipeline_times, step_times = [], []
         # Interleaved, one pipeline batch then one training step per round, so that whatever else
@@ -64,7 +64,7 @@ def run(argv: list[str]) -> int:
             batch = source.next_batch()
             pipeline_elapsed = time.perf_counter() - started
             started = time.perf_counter()
-            trainer._train_step(iter([batches[round_index % 2]]))
+            trainer.run_step(iter([batches[round_index % 2]]))
             step_elapsed = time.perf_counter() - started
             batches[round_index % 2] = batch
             if round_index >= 2:

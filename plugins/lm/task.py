@@ -1,8 +1,9 @@
 """The `causal_lm` task: next-token prediction on {"input_ids", "labels"} batches.
 
 The model contract is `model(input_ids [B, S]) -> logits [B, S, V]`. The engine may hand over the
-model wrapped (DDP, FSDP, torch.compile); the task only ever calls it, and looks through
-`.module` / `._orig_mod` for the optional `flops_per_token(seq_len)` used for MFU.
+model wrapped (DDP, FSDP, torch.compile); the task only ever calls it. Each step reports its
+sequence length, so the engine can count FLOPs for MFU from a model that declares
+`training_flops_per_item` (toolkit.capabilities.TrainingFlops).
 """
 
 from __future__ import annotations
@@ -21,12 +22,6 @@ from plugins.lm.loss import CrossEntropyLoss
 @dataclass
 class CausalLMConfig:
     """The `task:` section for `name: causal_lm` (no options yet)."""
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    for attribute in ("module", "_orig_mod"):  # DDP, torch.compile
-        model = getattr(model, attribute, model)
-    return model
 
 
 class CausalLMTask:
@@ -55,11 +50,7 @@ class CausalLMTask:
             loss = self.loss(logits, labels)
             metrics["ce"] = loss.detach()
             items = labels.numel()
-        flops = None
-        flops_per_token = getattr(_unwrapped(model), "flops_per_token", None)
-        if callable(flops_per_token):
-            flops = float(flops_per_token(input_ids.shape[1])) * items
-        return StepOutput(loss=loss, items=items, metrics=metrics, flops=flops)
+        return StepOutput(loss=loss, items=items, metrics=metrics, sequence_length=input_ids.shape[1])
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
         return self._step(model, batch)

@@ -310,6 +310,10 @@ class OpenELM(nn.Module):
         attention = sum(12 * layer.widths.num_query_heads * self.config.head_dim * seq_len for layer in self.layers)
         return float(6 * matmul_parameters + attention)
 
+    def training_flops_per_item(self, sequence_length: int) -> float:
+        """toolkit.capabilities.TrainingFlops: an item is a token."""
+        return self.flops_per_token(sequence_length)
+
     def layer_summary(self) -> list[str]:
         """One line per block: widths and parameter count, for `toolkit-train --dry-run`."""
         lines = []

@@ -48,7 +48,7 @@ def test_base_inheritance_and_overrides_win(tmp_path, registries):
 def test_interpolation_between_sections(tmp_path, registries):
     text = BASE.replace("model_dim: 64}", "model_dim: 64, vocab_size: '${data.vocab_size}'}")
     recipe = load_recipe(str(write(tmp_path, "r.yaml", text)), ["data.vocab_size=512"], registries)
-    assert recipe.components["model"].config.vocab_size == 512
+    assert recipe.models["model"].component.config.vocab_size == 512
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_recipes_never_execute_code(tmp_path, registries):
 
 def test_recipes_found_in_plugin_recipe_dirs(registries):
     recipe = load_recipe("openelm/270M.yaml", [], registries)
-    assert recipe.components["model"].component.name == "openelm-270M"
+    assert recipe.models["model"].component.component.name == "openelm-270M"
 
 
 def test_an_override_with_nothing_after_the_equals_sign_is_the_empty_string(tmp_path, registries):

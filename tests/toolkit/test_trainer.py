@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import EXAMPLE_RECIPE, assert_one_line_error, run_command
-from toolkit.engine.trainer import Trainer
+from toolkit.assembly import build_trainer
 from toolkit.errors import TrainingError
 from toolkit.plugins import get_registries
 from toolkit.recipe import load_recipe
@@ -24,7 +24,7 @@ from toolkit.recipe import load_recipe
 def train(out_dir: Path, *overrides: str, resume: str | None = None):
     recipe = load_recipe(str(EXAMPLE_RECIPE), [f"trainer.out_dir={out_dir}", "trainer.peak_flops=1e12", *overrides],
                          get_registries())
-    trainer = Trainer(recipe, resume=resume)
+    trainer = build_trainer(recipe, resume=resume)
     try:
         return trainer.fit()
     finally:
@@ -133,7 +133,7 @@ def test_sigkill_then_resume_auto_is_bit_identical(plugin_env, tmp_path):
 def test_validation_metrics_are_item_weighted_and_logged(plugin_env, tmp_path):
     recipe = load_recipe(str(EXAMPLE_RECIPE), [f"trainer.out_dir={tmp_path}", "trainer.peak_flops=1e12",
                                                  "trainer.max_steps=2"], get_registries())
-    trainer = Trainer(recipe)
+    trainer = build_trainer(recipe)
     sizes: list[int] = []
     original = trainer.task.validation_step
 

@@ -9,7 +9,8 @@ import torch
 
 from toolkit.cli.common import run_cli
 from toolkit.plugins import get_registries
-from toolkit.recipe import Recipe, load_recipe
+from toolkit.capabilities import LayerSummary
+from toolkit.recipe import SINGLE_MODEL, Recipe, load_recipe
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -30,13 +31,19 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def dry_run(recipe: Recipe) -> None:
-    with torch.device("meta"):
-        model = recipe.components["model"].build()
-    summary = getattr(model, "layer_summary", None)
-    print(f"model: {recipe.components['model'].component.name} ({type(model).__name__})")
-    for line in summary() if callable(summary) else []:
-        print(f"  {line}")
-    print(f"params: {count_parameters(model) / 1e6:.2f}M")
+    """Each model of the recipe built on the meta device: its blocks (when it can summarise them) and size."""
+    for name, spec in recipe.models.items():
+        role = "frozen" if spec.frozen else "trained"
+        prefix = "" if name == SINGLE_MODEL else f"{name} ({role}) "
+        if spec.component is None:
+            print(f"{prefix}model: from {spec.source} (not built in a dry run)")
+            continue
+        with torch.device("meta"):
+            model = spec.component.build()
+        print(f"{prefix}model: {spec.component.component.name} ({type(model).__name__})")
+        for line in model.layer_summary() if isinstance(model, LayerSummary) else []:
+            print(f"  {line}")
+        print(f"{prefix}params: {count_parameters(model) / 1e6:.2f}M")
 
 
 def main_with_arguments(argv: list[str]) -> int:
@@ -45,9 +52,9 @@ def main_with_arguments(argv: list[str]) -> int:
     if arguments.dry_run:
         dry_run(recipe)
         return 0
-    from toolkit.engine.trainer import Trainer
+    from toolkit.assembly import build_trainer  # torch.distributed and the engine load only to train
 
-    trainer = Trainer(recipe, resume=arguments.resume)
+    trainer = build_trainer(recipe, resume=arguments.resume)
     try:
         result = trainer.fit()
     finally:

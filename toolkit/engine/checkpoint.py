@@ -1,7 +1,9 @@
 """Writing a training checkpoint: one directory per save, under a temporary name, renamed into place.
 
 The format and everything that reads it is the public `toolkit.checkpoint`; this module is the
-engine's writer.
+engine's writer. What goes in is a map of file name -> content, the file's suffix saying how it
+is written: `.safetensors` (a flat map of tensors), `.pt` (tensors in plain containers, read back
+with `weights_only=True`) or `.json`.
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ import torch
 from toolkit.checkpoint import checkpoint_name, list_checkpoints, save_weights
 
 
-@dataclass
-class CheckpointContent:
-    """Everything a checkpoint holds; built by the trainer on rank 0."""
-
-    step: int
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    trainer_state: dict[str, Any]  # JSON-able: step, data positions, RNG states
-    recipe_yaml: str
-    ema: dict[str, torch.Tensor] | None = None
+def write_file(path: Path, content: Any) -> None:
+    """Write one checkpoint file in the format its suffix names."""
+    if path.suffix == ".safetensors":
+        save_weights(content, path)
+    elif path.suffix == ".pt":
+        torch.save(content, path)
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(content))
+    else:
+        raise ValueError(f"{path.name}: no checkpoint format for suffix '{path.suffix}'")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -39,20 +40,16 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def save_checkpoint(run_dir: Path, content: CheckpointContent, keep_last: int) -> Path:
+def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yaml: str, keep_last: int) -> Path:
     """Write `run_dir/step-NNNNNN/` atomically, then delete checkpoints beyond the last `keep_last`."""
-    final = run_dir / checkpoint_name(content.step)
+    final = run_dir / checkpoint_name(step)
     for stale in run_dir.glob(".tmp-step-*"):  # left by a crash during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
     temporary = run_dir / f".tmp-{final.name}-{os.getpid()}"
     temporary.mkdir(parents=True)
-    save_weights(content.model, temporary / "model.safetensors")
-    if content.ema is not None:
-        save_weights(content.ema, temporary / "ema.safetensors")
-    torch.save(content.optimizer, temporary / "optimizer.pt")
-    (temporary / "scheduler.json").write_text(json.dumps(content.scheduler))
-    (temporary / "trainer_state.json").write_text(json.dumps(content.trainer_state))
-    (temporary / "recipe.yaml").write_text(content.recipe_yaml)
+    for name, content in files.items():
+        write_file(temporary / name, content)
+    (temporary / "recipe.yaml").write_text(recipe_yaml)
     for file in temporary.iterdir():
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
@@ -67,3 +64,26 @@ def save_checkpoint(run_dir: Path, content: CheckpointContent, keep_last: int) -
     return final
 
 
+@dataclass
+class CheckpointContent:
+    """A single-model checkpoint's content, for tools and tests that write one without a trainer."""
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    trainer_state: dict[str, Any]  # JSON-able: step, data positions, RNG states
+    recipe_yaml: str
+    ema: dict[str, torch.Tensor] | None = None
+
+    def files(self) -> dict[str, Any]:
+        files = {"model.safetensors": self.model, "optimizer.pt": self.optimizer,
+                 "scheduler.json": self.scheduler, "trainer_state.json": self.trainer_state}
+        if self.ema is not None:
+            files["ema.safetensors"] = self.ema
+        return files
+
+
+def save_checkpoint(run_dir: Path, content: CheckpointContent, keep_last: int) -> Path:
+    """`write_checkpoint` for a `CheckpointContent`."""
+    return write_checkpoint(run_dir, content.step, content.files(), content.recipe_yaml, keep_last)

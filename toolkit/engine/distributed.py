@@ -1,4 +1,4 @@
-"""torch.distributed set-up under torchrun, and DDP / FSDP2 wrapping. No process launcher here:
+"""torch.distributed set-up under torchrun and the few collectives the engine uses. No process launcher here:
 multi-process and multi-node runs are started with `torchrun`, which sets RANK, WORLD_SIZE etc."""
 
 from __future__ import annotations
@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from toolkit.config import DistConfig
-from toolkit.errors import RecipeError
 
 
 @dataclass
@@ -54,28 +52,6 @@ def setup(config: DistConfig) -> DistContext:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def wrap_model(model: nn.Module, config: DistConfig, context: DistContext) -> nn.Module:
-    """DDP or FSDP2 (`fully_shard`) around the model; the model itself as it is for one process.
-
-    FSDP2 shards each module listed by the model's optional `fsdp_units()` (usually its blocks),
-    then the root, so that parameters are gathered one block at a time.
-    """
-    if not context.distributed:
-        return model
-    if config.strategy == "ddp":
-        device_ids = [context.device.index] if context.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    if config.strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        units = getattr(model, "fsdp_units", None)
-        for unit in units() if callable(units) else []:
-            fully_shard(unit)
-        fully_shard(model)
-        return model
-    raise RecipeError(f"dist.strategy: unknown strategy '{config.strategy}'", hint="use 'ddp' or 'fsdp'")
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -1,29 +1,39 @@
-"""Turning a trainer's live state into checkpoint content and back (DDP, FSDP2 or one process)."""
+"""The checkpointed state of a run: a named map of objects that each save and load themselves.
+
+The trainer hands `save_states` / `load_states` a map of file name -> `CheckpointState` (weights of
+each trained model, optimizer, schedule, EMA, progress); nothing here reads the trainer. Every
+rank calls `state_dict()` (FSDP2 gathers full tensors then; RNG states and data positions are
+gathered from every rank) and rank 0 writes. Every rank reads the files back on resume.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from toolkit import checkpoint as ckpt
-from toolkit.engine.checkpoint import CheckpointContent
 from toolkit.engine import distributed, rng
 from toolkit.errors import CheckpointError
 
-if TYPE_CHECKING:
-    from toolkit.engine.trainer import Trainer
+
+class CheckpointState(Protocol):
+    """One file of a checkpoint. `state_dict` is collective: every rank calls it."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
 
 
-def _is_sharded(model: nn.Module) -> bool:
+def is_sharded(model: nn.Module) -> bool:
     # Checked on the module, not its parameters: after a forward without backward (evaluation)
     # FSDP2 may leave the root's parameters unsharded plain tensors.
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(model, FSDPModule)
+    return isinstance(model, FSDPModule) or any(isinstance(m, FSDPModule) for m in model.children())
 
 
 def _full_options():
@@ -32,7 +42,7 @@ def _full_options():
     return StateDictOptions(full_state_dict=True)
 
 
-def _gather_full(value: Any) -> Any:
+def gather_full(value: Any) -> Any:
     """Replace every DTensor in a nested state dict by its full tensor (a collective: all ranks call).
 
     The state-dict API's own `cpu_offload` leaves DTensors in place when the mesh is on the CPU
@@ -45,76 +55,137 @@ def _gather_full(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.cpu()
     if isinstance(value, dict):
-        return {key: _gather_full(item) for key, item in value.items()}
+        return {key: gather_full(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_gather_full(item) for item in value]
+        return [gather_full(item) for item in value]
     return value
 
 
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full, unsharded weights (all ranks must call under FSDP2)."""
-    if _is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+class ModelWeights:
+    """The full, unsharded weights of one trained model."""
 
-        return _gather_full(get_model_state_dict(model, options=_full_options()))
-    return model.state_dict()
+    def __init__(self, model: nn.Module, file_name: str) -> None:
+        self.model = model
+        self.file_name = file_name  # named in errors
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if is_sharded(self.model):
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-def training_state_dicts(trainer: "Trainer") -> CheckpointContent:
-    model = trainer.raw_model
-    if _is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+            return gather_full(get_model_state_dict(self.model, options=_full_options()))
+        return self.model.state_dict()
 
-        optimizer = _gather_full(get_optimizer_state_dict(model, trainer.optimizer, options=_full_options()))
-    else:
-        optimizer = trainer.optimizer.state_dict()
-    trainer_state = {
-        "step": trainer.step,
-        "world_size": trainer.context.world_size,
-        "data": distributed.gather_objects(trainer.train_data.state_dict()),
-        "rng": distributed.gather_objects(rng.capture()),
-    }
-    return CheckpointContent(
-        step=trainer.step,
-        model=model_state(model),
-        optimizer=optimizer,
-        scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else {},
-        trainer_state=json.loads(json.dumps(trainer_state)),
-        recipe_yaml=trainer.recipe.to_yaml(),
-        ema=trainer.ema.state_dict() if trainer.ema is not None else None,
-    )
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if is_sharded(self.model):
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+            set_model_state_dict(self.model, state, options=_full_options())
+        else:
+            ckpt.load_state_strict(self.model, state, Path(self.file_name))
 
 
-def load_training_state(trainer: "Trainer", checkpoint: Path) -> int:
-    """Restore weights, optimizer, schedule, EMA, data position and RNG; returns the step."""
-    state = ckpt.read_trainer_state(checkpoint)
-    model = trainer.raw_model
-    weights = ckpt.load_weights(checkpoint / "model.safetensors")
-    optimizer_path = checkpoint / "optimizer.pt"
-    if not optimizer_path.is_file():
-        raise CheckpointError(f"{checkpoint}: cannot resume training from it, optimizer.pt is missing")
-    optimizer_state = ckpt.load_pickle_free(optimizer_path)
-    if _is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+class OptimizerState:
+    """The optimizer over `parameters_of` (the trained models, one module or a ModuleDict)."""
 
-        set_model_state_dict(model, weights, options=_full_options())
-        set_optimizer_state_dict(model, trainer.optimizer, optimizer_state, options=_full_options())
-    else:
-        ckpt.load_state_strict(model, weights, checkpoint / "model.safetensors")
+    def __init__(self, optimizer: torch.optim.Optimizer, parameters_of: nn.Module) -> None:
+        self.optimizer = optimizer
+        self.parameters_of = parameters_of
+
+    def state_dict(self) -> dict[str, Any]:
+        if is_sharded(self.parameters_of):
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            return gather_full(get_optimizer_state_dict(self.parameters_of, self.optimizer, options=_full_options()))
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if is_sharded(self.parameters_of):
+            from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+            set_optimizer_state_dict(self.parameters_of, self.optimizer, state, options=_full_options())
+            return
         try:
-            trainer.optimizer.load_state_dict(optimizer_state)
+            self.optimizer.load_state_dict(state)
         except (ValueError, KeyError) as error:
-            raise CheckpointError(f"{optimizer_path}: does not match this run's optimizer ({error})") from error
-    if trainer.scheduler is not None:
-        trainer.scheduler.load_state_dict(json.loads((checkpoint / "scheduler.json").read_text()))
-    if trainer.ema is not None:
-        ema_path = checkpoint / "ema.safetensors"
-        trainer.ema.load_state_dict(ckpt.load_weights(ema_path) if ema_path.is_file() else model_state(model))
-    rank = trainer.context.rank
-    same_layout = state.get("world_size") == trainer.context.world_size
-    trainer.train_data.load_state_dict(state["data"][rank if same_layout else 0])
-    if same_layout:
-        rng.restore(state["rng"][rank])
-    return int(state["step"])
+            raise CheckpointError(f"optimizer.pt: does not match this run's optimizer ({error})") from error
 
 
+class Progress:
+    """The step count, every rank's data position and every rank's RNG states.
+
+    Resuming at another world size keeps the global batch order (data sources re-split rank 0's
+    position) but cannot keep per-rank RNG streams, which are then left as seeded.
+    """
+
+    def __init__(self, train_data: Any, rank: int, world_size: int) -> None:
+        self.step = 0
+        self.train_data = train_data
+        self.rank = rank
+        self.world_size = world_size
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "world_size": self.world_size,
+            "data": distributed.gather_objects(self.train_data.state_dict()),
+            "rng": distributed.gather_objects(rng.capture()),
+        }
+        return json.loads(json.dumps(state))  # JSON-able, as written
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        same_layout = state.get("world_size") == self.world_size
+        self.train_data.load_state_dict(state["data"][self.rank if same_layout else 0])
+        if same_layout:
+            rng.restore(state["rng"][self.rank])
+        self.step = int(state["step"])
+
+
+class StateOf:
+    """Adapts any object with `state_dict` / `load_state_dict` (a scheduler, the EMA); `fallback`
+    supplies the state when an older checkpoint lacks the file (None: the file is required)."""
+
+    def __init__(self, target: Any, fallback: Callable[[], Any] | None = None) -> None:
+        self.target = target
+        self.fallback = fallback
+
+    def state_dict(self) -> Any:
+        return self.target.state_dict()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.target.load_state_dict(state)
+
+
+def save_states(states: dict[str, CheckpointState]) -> dict[str, Any]:
+    """Every state's content, by file name (all ranks call; only rank 0's result is written)."""
+    return {name: state.state_dict() for name, state in states.items()}
+
+
+def _read(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        return ckpt.load_weights(path)
+    if path.suffix == ".pt":
+        return ckpt.load_pickle_free(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable ({error})") from error
+
+
+def load_states(checkpoint: Path, states: dict[str, CheckpointState]) -> None:
+    """Restore every state from its file in `checkpoint` (all ranks). The progress file goes last,
+    so that the RNG state it restores is the last thing set before training continues."""
+    ordered = sorted(states, key=lambda name: name == "trainer_state.json")
+    for name in ordered:
+        state = states[name]
+        path = checkpoint / name
+        if not path.is_file():
+            fallback = getattr(state, "fallback", None)
+            if fallback is None:
+                raise CheckpointError(f"{checkpoint}: cannot resume training from it, {name} is missing")
+            state.load_state_dict(fallback())
+            continue
+        content = _read(path)
+        try:
+            state.load_state_dict(content)
+        except CheckpointError as error:
+            raise CheckpointError(f"{checkpoint}/{error.message}", hint=error.hint) from error

@@ -1,34 +1,31 @@
 """The one training loop every model family shares.
 
-The trainer owns precision, gradient accumulation, clipping, the optimizer step and schedule, EMA,
-evaluation, logging, checkpoints and distributed wrapping. It never asks what model it holds: the
-task turns (model, batch) into a loss, the dataset yields batches, and the model is an nn.Module.
+The trainer is handed built parts (toolkit.assembly) and owns the loop: steps through the task
+(the default step, or the task's own through a StepContext), the schedule, evaluation, logging,
+callbacks and checkpoints. It never asks what model it holds; what it saves is a named map of
+objects that save and load themselves (toolkit.engine.state).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
-from toolkit.data import ShardInfo
 from toolkit import checkpoint as ckpt
-from toolkit.engine.checkpoint import save_checkpoint
+from toolkit.capabilities import CustomLoop, item_unit, reports_perplexity
 from toolkit.engine import distributed
-from toolkit.engine.ema import ExponentialMovingAverage
-from toolkit.engine.malloc import keep_freed_memory_for_reuse
+from toolkit.engine.callbacks import RunInfo
+from toolkit.engine.checkpoint import write_checkpoint
+from toolkit.engine.loop import StepContext, default_train_step, move_to
 from toolkit.engine.metrics import MetricsLog, ProgressBar, measure_peak_flops
-from toolkit.engine.state import load_training_state, training_state_dicts
-from toolkit.errors import TrainingError
-from toolkit.recipe import Recipe
-from toolkit.task import StepOutput
+from toolkit.engine.state import ModelWeights, OptimizerState, Progress, StateOf, load_states, save_states
+
+__all__ = ["TrainResult", "Trainer", "move_to"]
 
 
 @dataclass
@@ -39,69 +36,51 @@ class TrainResult:
     final_metrics: dict[str, float]
 
 
-def move_to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {key: move_to(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(value, device) for value in batch)
-    return batch
-
-
 class Trainer:
-    """Builds a recipe's components and trains; `fit()` runs to `trainer.max_steps`."""
+    """Trains built parts to `trainer.max_steps`; `fit()` runs, `close()` leaves the process group."""
 
-    def __init__(self, recipe: Recipe, resume: str | None = None) -> None:
-        self.recipe = recipe
-        self.config = recipe.trainer
-        if self.config.precision not in ("fp32", "bf16"):
-            raise TrainingError(f"trainer.precision: '{self.config.precision}' is not fp32 or bf16")
-        if self.config.grad_accum < 1 or self.config.max_steps < 0:
-            raise TrainingError("trainer.grad_accum must be >= 1 and trainer.max_steps >= 0")
-        if self.config.threads > 0:
-            torch.set_num_threads(self.config.threads)
-        self.context = distributed.setup(recipe.dist)
-        if self.context.device.type == "cpu":
-            keep_freed_memory_for_reuse()
+    def __init__(self, parts, resume: str | None = None) -> None:  # parts: toolkit.assembly.TrainingParts
+        self.parts = parts
+        self.config = parts.config
+        self.context = parts.context
+        self.models = parts.models
+        self.task = parts.task
+        self.item_unit = item_unit(parts.task)
         self.run_dir = Path(self.config.out_dir)
-        self.step = 0
         self.last_checkpoint: Path | None = None
+        self.progress = Progress(parts.train_data, self.context.rank, self.context.world_size)
+        self.states = self._checkpoint_states()
+        self._ema_target = self.models.trained_modules()
         resume_from = self._find_resume_checkpoint(resume)
-
-        torch.manual_seed(self.config.seed)  # same initial weights on every rank
-        with torch.device(self.context.device):
-            self.raw_model: nn.Module = recipe.components["model"].build()
-        loss_spec = recipe.components.get("loss")
-        self.task = recipe.components["task"].build(loss_spec.build() if loss_spec else None)
-        self.callbacks = [spec.build() for spec in recipe.callbacks]
-        model = self.raw_model
-        if self.config.compile:
-            # Static shapes: training batches never change shape, and dynamic-shape graphs
-            # have failed to compile in inductor (torch 2.11 on CUDA) where static ones work.
-            model = torch.compile(model, dynamic=False)
-        self.model = distributed.wrap_model(model, recipe.dist, self.context)
-        self.optimizer = recipe.components["optim"].build(self.model)
-        schedule_spec = recipe.components.get("schedule")
-        self.scheduler = schedule_spec.build(self.optimizer, self.config.max_steps) if schedule_spec else None
-        self.ema = ExponentialMovingAverage(self.raw_model, self.config.ema_decay) if self.config.ema_decay > 0 else None
-
-        shard = ShardInfo(self.context.rank, self.context.world_size, self.config.seed, self.config.grad_accum)
-        data_spec = recipe.components["data"]
-        self.train_data = data_spec.build("train", shard)
-        self.val_data = data_spec.build("val", shard)
-        self.item_unit = getattr(self.task, "item_unit", "items")
-
+        # Measured before any state is restored: the measurement draws random matrices, which
+        # would otherwise move the restored RNG streams.
+        self.peak_flops = self.config.peak_flops or measure_peak_flops(self.context.device, self.config.precision)
         if self.context.is_main:
             self._prepare_run_dir()
         if resume_from is not None:
-            self.step = load_training_state(self, resume_from)
+            load_states(resume_from, self.states)
             self.last_checkpoint = resume_from
         # A resumed run rewrites history from its checkpoint on; a fresh one starts an empty log.
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.context.is_main, keep_until_step=self.step)
-        self.peak_flops = self.config.peak_flops or measure_peak_flops(self.context.device, self.config.precision)
+
+    @property
+    def step(self) -> int:
+        return self.progress.step
 
     # -- set-up -----------------------------------------------------------------------------------
+
+    def _checkpoint_states(self) -> dict:
+        """File name -> the object that saves and loads it."""
+        states = {ckpt.weights_file(model.name): ModelWeights(model.module, ckpt.weights_file(model.name))
+                  for model in self.models.trained}
+        states["optimizer.pt"] = OptimizerState(self.parts.optimizer, self.models.trained_modules())
+        if self.parts.scheduler is not None:
+            states["scheduler.json"] = StateOf(self.parts.scheduler)
+        if self.parts.ema is not None:  # an older checkpoint without one starts it from the weights
+            weights = ModelWeights(self.models.trained_modules(), "")
+            states["ema.safetensors"] = StateOf(self.parts.ema, fallback=weights.state_dict)
+        states["trainer_state.json"] = self.progress
+        return states
 
     def _find_resume_checkpoint(self, resume: str | None) -> Path | None:
         if resume is None:
@@ -114,162 +93,140 @@ class Trainer:
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         temporary = self.run_dir / "recipe.yaml.tmp"
-        temporary.write_text(self.recipe.to_yaml())
+        temporary.write_text(self.parts.recipe_yaml)
         temporary.replace(self.run_dir / "recipe.yaml")
-        # Files the data or the model want kept with the run: a tokenizer, a synset vocabulary, a
-        # transfer report. Each component names them through an optional `run_files()`.
-        for component in (self.train_data, self.raw_model):
-            run_files = getattr(component, "run_files", None)
-            for name, source in (run_files() if callable(run_files) else {}).items():
-                shutil.copyfile(source, self.run_dir / name)
+        # Files the data or the models keep with the run: a tokenizer, a synset vocabulary.
+        for name, source in self.parts.run_files.items():
+            shutil.copyfile(source, self.run_dir / name)
 
     def _autocast(self):
         enabled = self.config.precision == "bf16"
         return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _run_info(self) -> RunInfo:
+        return RunInfo(self.run_dir, self.context.rank, self.context.world_size, self.step,
+                       self.config.max_steps, self.item_unit)
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         config = self.config
         progress = ProgressBar(config.max_steps, self.step, config.progress and self.context.is_main, self.item_unit)
-        batches = iter(self.train_data)
+        batches = iter(self.parts.train_data)
         final_metrics: dict[str, float] = {}
-        self.model.train()
+        for callback in self.parts.callbacks:
+            callback.on_train_start(self._run_info())
+        self.models.train()
         try:
             while self.step < config.max_steps:
                 started = time.perf_counter()
-                summary = self._train_step(batches)
+                step_context = self._step(batches)
                 elapsed = time.perf_counter() - started
-                self.step += 1
-                items_per_second = summary["items"] / elapsed
-                mfu = summary["flops"] / elapsed / self.peak_flops if summary["flops"] else None
-                progress.update(summary["loss"], items_per_second, mfu)
+                self.progress.step += 1
+                record = self._step_record(step_context.summary(), elapsed)
+                progress.update(record["loss"], record[f"{self.item_unit}_per_s"], record.get("mfu"))
+                for callback in self.parts.callbacks:
+                    callback.on_step_end(self.step, record)
                 if self.step % max(1, config.log_every) == 0 or self.step == config.max_steps:
-                    record = {"step": self.step, **{k: v for k, v in summary.items() if k not in ("items", "flops")},
-                              f"{self.item_unit}_per_s": items_per_second, "step_time_s": elapsed}
-                    if mfu is not None:
-                        record["mfu"] = mfu
                     self.metrics.write(record)
                     final_metrics.update(record)
                 if config.eval_every and self.step % config.eval_every == 0 and self.step < config.max_steps:
                     final_metrics.update(self.evaluate())
-                if config.save_every and self.step % config.save_every == 0 and self.step < config.max_steps:
+                periodic = config.save_every and self.step % config.save_every == 0
+                if (periodic or step_context.save_requested) and self.step < config.max_steps:
                     self.save()
             final_metrics.update(self.evaluate())
             if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.checkpoint_name(self.step):
                 self.save()
         finally:
             progress.close()
+        for callback in self.parts.callbacks:
+            callback.on_train_end(self.step, final_metrics)
         return TrainResult(self.step, self.run_dir, self.last_checkpoint, final_metrics)
 
-    def _train_step(self, batches) -> dict[str, float]:
-        accum = self.config.grad_accum
-        loss_sum = torch.zeros((), device=self.context.device)  # stays on the device: one sync per step
-        items, flops = 0, 0.0
-        metric_sums: dict[str, torch.Tensor | float] = {}
-        for micro_step in range(accum):
-            try:
-                batch = move_to(next(batches), self.context.device)
-            except StopIteration:
-                raise TrainingError("the training data ran out; a training dataset must repeat forever") from None
-            last = micro_step == accum - 1
-            sync = self.model.no_sync() if (not last and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
-            with sync:
-                with self._autocast():
-                    output: StepOutput = self.task.training_step(self.model, batch)
-                (output.loss / accum).backward()
-            loss_sum += output.loss.detach().float()
-            items += output.items
-            flops += output.flops or 0.0
-            for key, value in output.metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + (value.detach().float() if torch.is_tensor(value) else value)
-        grad_norm = None
-        if self.config.clip_grad > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
-        # Mean loss across micro-steps and ranks; items and FLOPs summed over ranks.
-        keys = sorted(metric_sums)
-        packed = torch.tensor([loss_sum.item() / accum, items, flops,
-                               *[float(metric_sums[k]) / accum for k in keys]],
-                              dtype=torch.float64, device=self.context.device)  # nccl reduces device tensors
-        distributed.all_reduce_sum(packed)
-        world = self.context.world_size
-        loss = packed[0].item() / world
-        if not math.isfinite(loss) or (grad_norm is not None and not torch.isfinite(grad_norm)):
-            last = self.last_checkpoint or "none saved yet"
-            raise TrainingError(
-                f"loss became {loss} at step {self.step + 1}; stopped without saving",
-                hint=f"last good checkpoint: {last}; lower optim.lr or check the data",
-            )
-        self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.raw_model)
-        summary = {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                   "items": packed[1].item(), "flops": packed[2].item()}
-        if grad_norm is not None:
-            summary["grad_norm"] = float(grad_norm)
-        summary.update({key: packed[3 + i].item() / world for i, key in enumerate(keys)})
-        return summary
+    def _step(self, batches) -> StepContext:
+        ema, trained = self.parts.ema, self._ema_target
+        context = StepContext(self.models, self.parts.optimizer, batches, self.config, self.context, self.step,
+                              after_update=(lambda: ema.update(trained)) if ema is not None else None,
+                              last_checkpoint=str(self.last_checkpoint or "none saved yet"))
+        if isinstance(self.task, CustomLoop):
+            self.task.train_step(context)
+        else:
+            default_train_step(self.task, context)
+        if self.parts.scheduler is not None:
+            self.parts.scheduler.step()
+        return context
+
+    def run_step(self, batches) -> dict[str, float]:
+        """One training step with no logging, evaluation or saving (for benchmarks): its summary."""
+        return self._step(batches).summary()
+
+    def _step_record(self, summary: dict[str, float], elapsed: float) -> dict[str, float]:
+        items, flops = summary.pop("items"), summary.pop("flops")
+        record = {"step": self.step, "loss": summary.pop("loss"), "lr": self.parts.optimizer.param_groups[0]["lr"],
+                  **summary, f"{self.item_unit}_per_s": items / elapsed, "step_time_s": elapsed}
+        if flops:
+            record["mfu"] = flops / elapsed / self.peak_flops
+        return record
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Validation loss and the task's metrics (item-weighted over the split or `eval_batches`).
 
         Each metric a task's `validation_step` returns is logged as `val_<name>` (accuracy for a
-        classifier, say); a task with `val_perplexity = True` also gets `val_ppl`.
+        classifier, say); a task that reports perplexity also gets `val_ppl`.
         """
-        if self.val_data is None:
+        if self.parts.val_data is None:
             return {}
-        self.model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.context.device)
+        self.models.eval()
+        device = self.context.device
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         items = 0
         metric_sums: dict[str, torch.Tensor] = {}
         # eval_batches counts micro-batches over all ranks, so a partial evaluation covers the
         # same windows whatever the world size.
         per_rank = -(-self.config.eval_batches // self.context.world_size)
-        for index, batch in enumerate(self.val_data):
+        models = self.models.for_task()
+        for index, batch in enumerate(self.parts.val_data):
             if per_rank and index >= per_rank:
                 break
             with self._autocast():
-                output = self.task.validation_step(self.model, move_to(batch, self.context.device))
+                output = self.task.validation_step(models, move_to(batch, device))
             loss_sum += output.loss.double() * output.items
             items += output.items
             for key, value in output.metrics.items():
-                value = torch.as_tensor(value, device=self.context.device).detach().double()
+                value = torch.as_tensor(value, device=device).detach().double()
                 metric_sums[key] = metric_sums.get(key, 0.0) + value * output.items
-        self.model.train()
-        if hasattr(self.model, "reshard"):  # FSDP2 leaves the root unsharded after a forward-only pass
-            self.model.reshard()
+        self.models.train()
+        self.models.reshard()
         # One all-reduce for everything; a task returns the same metric names on every batch.
         keys = sorted(metric_sums)
-        packed = torch.stack([loss_sum, torch.tensor(float(items), dtype=torch.float64, device=self.context.device),
+        packed = torch.stack([loss_sum, torch.tensor(float(items), dtype=torch.float64, device=device),
                               *[metric_sums[key] for key in keys]])
         distributed.all_reduce_sum(packed)
         if packed[1] == 0:
             return {}
         val_loss = (packed[0] / packed[1]).item()
         record = {"step": self.step, "val_loss": val_loss}
-        if getattr(self.task, "val_perplexity", False):
+        if reports_perplexity(self.task):
             record["val_ppl"] = math.exp(min(val_loss, 80.0))
         record.update({f"val_{key}": (packed[2 + i] / packed[1]).item() for i, key in enumerate(keys)})
         self.metrics.write(record)
-        for callback in self.callbacks:
+        for callback in self.parts.callbacks:
             callback.on_evaluate(self.step, record)
         return record
 
     def save(self) -> Path:
-        content = training_state_dicts(self)  # every rank takes part (FSDP gathers, RNG gathered)
+        files = save_states(self.states)  # every rank takes part (FSDP gathers, RNG gathered)
         if self.context.is_main:
-            self.last_checkpoint = save_checkpoint(self.run_dir, content, self.config.keep_last)
+            self.last_checkpoint = write_checkpoint(self.run_dir, self.step, files, self.parts.recipe_yaml,
+                                                    self.config.keep_last)
         else:
             self.last_checkpoint = self.run_dir / ckpt.checkpoint_name(self.step)
         distributed.barrier()
-        for callback in self.callbacks:
+        for callback in self.parts.callbacks:
             callback.on_save(self.step, self.last_checkpoint)
         return self.last_checkpoint
 
     def close(self) -> None:
         distributed.teardown()
-

@@ -75,5 +75,5 @@ def test_published_recipe_loads_with_every_plugin(size):
     except ToolkitError as error:  # pragma: no cover - shows the one-line message
         pytest.fail(error.one_line())
     with torch.device("meta"):
-        model = recipe.components["model"].build()
+        model = recipe.models["model"].component.build()
     assert len(model.layer_summary()) == model.config.num_layers

@@ -1,0 +1,90 @@
+"""What a model, task or dataset may offer the engine and the CLIs, as typed Protocols.
+
+Each capability is optional. The engine checks for it with `isinstance(obj, Protocol)` on the
+object a plugin built (never on a DDP/FSDP/compile wrapper, never by peeling wrappers), so a
+plugin author can read here, in one place, everything the core will ever ask of a component.
+
+Models (`register_models`):
+    TrainingFlops   FLOPs per item, so the trainer reports MFU
+    ShardingUnits   the submodules FSDP2 shards one by one (usually the blocks)
+    LayerSummary    lines for `toolkit-train --dry-run`
+    RunFiles        files the engine copies into the run directory (datasets may offer it too)
+Tasks (`register_tasks`):
+    ItemUnit        what one item is ("tokens", "images"), for throughput (tokens/s)
+    ReportsPerplexity  the engine logs val_ppl = exp(val_loss)
+    ManyModels      the task uses several named models, trained and frozen (toolkit.task.Role)
+    CustomLoop      the task drives its own inner loop through a toolkit.engine.loop.StepContext
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+from torch import nn
+
+
+@runtime_checkable
+class TrainingFlops(Protocol):
+    def training_flops_per_item(self, sequence_length: int) -> float:
+        """Forward plus backward FLOPs for one item (a token, an image) of a training batch.
+
+        `sequence_length` is how many items one example holds (tokens per sequence for a language
+        model, whose attention cost grows with it; 1 for an image classifier).
+        """
+        ...
+
+
+@runtime_checkable
+class ShardingUnits(Protocol):
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules for FSDP2 to shard one at a time (then the root), so that parameters are
+        gathered one block at a time."""
+        ...
+
+
+@runtime_checkable
+class LayerSummary(Protocol):
+    def layer_summary(self) -> list[str]:
+        """One human-readable line per block, printed by `toolkit-train --dry-run`."""
+        ...
+
+
+@runtime_checkable
+class RunFiles(Protocol):
+    def run_files(self) -> dict[str, Path]:
+        """Files to keep with the run: name in the run directory -> source path (a tokenizer, a
+        synset vocabulary). Copied when the run starts."""
+        ...
+
+
+@runtime_checkable
+class ItemUnit(Protocol):
+    item_unit: str  # "tokens", "images": the engine reports <item_unit>/s
+
+
+@runtime_checkable
+class ReportsPerplexity(Protocol):
+    val_perplexity: bool  # True: the engine logs val_ppl = exp(val_loss) beside val_loss
+
+
+@runtime_checkable
+class ManyModels(Protocol):
+    model_roles: Mapping[str, Any]  # model name -> toolkit.task.Role (trained or frozen)
+
+
+@runtime_checkable
+class CustomLoop(Protocol):
+    def train_step(self, context: Any) -> None:
+        """One trainer step of the task's own making (several updates, rollouts), using only the
+        services of `context` (a toolkit.engine.loop.StepContext): batches, autocast, micro-steps
+        with `no_sync`, backward, the clipped and NaN-guarded optimizer update, logging."""
+        ...
+
+
+def item_unit(task: object) -> str:
+    return task.item_unit if isinstance(task, ItemUnit) else "items"
+
+
+def reports_perplexity(task: object) -> bool:
+    return isinstance(task, ReportsPerplexity) and bool(task.val_perplexity)
