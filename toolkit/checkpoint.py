@@ -171,7 +171,9 @@ def model_sections(recipe: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if recipe.get("model") is not None:
         return {SINGLE_MODEL: dict(recipe["model"])}
     several = recipe.get("models")
-    return {str(name): dict(section or {}) for name, section in several.items()} if isinstance(several, dict) else {}
+    if not isinstance(several, dict):
+        return {}
+    return {str(name): dict(section) for name, section in several.items() if section is not None}
 
 
 def _pick_model(checkpoint: Path, sections: dict[str, dict[str, Any]], name: str | None) -> str:

@@ -204,7 +204,11 @@ def _models(values: dict[str, Any], registries: Registries, path: Path) -> dict[
                           hint=f"known models: {', '.join(registries['models'].names())}")
     if not isinstance(several, dict) or not several:
         raise RecipeError(f"{path}: 'models:' must map model names to sections")
-    specs = {str(name): _model_spec(str(name), entry, registries, path) for name, entry in several.items()}
+    # An entry set to null is removed: how a recipe drops a model its base names (models.teacher=null).
+    specs = {str(name): _model_spec(str(name), entry, registries, path)
+             for name, entry in several.items() if entry is not None}
+    if not specs:
+        raise RecipeError(f"{path}: 'models:' names no model")
     if all(spec.frozen for spec in specs.values()):
         raise RecipeError(f"{path}: every model under 'models:' is frozen: nothing would be trained")
     return specs
