@@ -36,6 +36,11 @@ class TrainResult:
     final_metrics: dict[str, float]
 
 
+def without_step(record: dict[str, float]) -> dict[str, float]:
+    """A metrics record as callbacks get it: the step is their own argument."""
+    return {key: value for key, value in record.items() if key != "step"}
+
+
 class Trainer:
     """Trains built parts to `trainer.max_steps`; `fit()` runs, `close()` leaves the process group."""
 
@@ -126,7 +131,7 @@ class Trainer:
                 record = self._step_record(step_context.summary(), elapsed)
                 progress.update(record["loss"], record[f"{self.item_unit}_per_s"], record.get("mfu"))
                 for callback in self.parts.callbacks:
-                    callback.on_step_end(self.step, record)
+                    callback.on_step_end(self.step, without_step(record))
                 if self.step % max(1, config.log_every) == 0 or self.step == config.max_steps:
                     self.metrics.write(record)
                     final_metrics.update(record)
@@ -213,7 +218,7 @@ class Trainer:
         record.update({f"val_{key}": (packed[2 + i] / packed[1]).item() for i, key in enumerate(keys)})
         self.metrics.write(record)
         for callback in self.parts.callbacks:
-            callback.on_evaluate(self.step, record)
+            callback.on_evaluate(self.step, without_step(record))
         return record
 
     def save(self) -> Path:

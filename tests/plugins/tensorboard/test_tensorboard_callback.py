@@ -217,3 +217,23 @@ def test_registered_and_enabled_from_a_recipe(tmp_path):
     assert load_recipe("openelm/tiny.yaml", [], registries).callbacks == []
     overridden = load_recipe("openelm/tiny.yaml", ["callbacks=[{name: tensorboard, every: 20}]"], registries)
     assert [spec.config for spec in overridden.callbacks] == [TensorBoardConfig(every=20)]
+
+
+def test_a_real_run_writes_every_step_and_each_evaluation(plugin_env, tmp_path):
+    """Through toolkit-train: the trainer calls the callback's events, rank 0 writes them."""
+    import json
+
+    from helpers import EXAMPLE_RECIPE, run_command
+
+    run = tmp_path / "run"
+    result = run_command(["toolkit-train", str(EXAMPLE_RECIPE), f"trainer.out_dir={run}", "trainer.max_steps=6",
+                          "trainer.eval_every=3", "trainer.log_every=1", "trainer.peak_flops=1e12",
+                          "callbacks=[{name: tensorboard}]"], env=plugin_env)
+    assert result.returncode == 0, result.stderr
+    scalars = read_scalars(run / "tensorboard")
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [(r["step"], r["loss"]) for r in logged if "loss" in r]
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6]
+    assert [value for _, value in scalars["train/loss"]] == pytest.approx([loss for _, loss in train_losses], rel=1e-6)
+    assert [step for step, _ in scalars["val/loss"]] == [3, 6]
+    assert "train/samples_per_s" in scalars and "train/lr" in scalars
