@@ -14,6 +14,8 @@ Tasks (`register_tasks`):
     ReportsPerplexity  the engine logs val_ppl = exp(val_loss)
     ManyModels      the task uses several named models, trained and frozen (toolkit.task.Role)
     CustomLoop      the task drives its own inner loop through a toolkit.engine.loop.StepContext
+Evaluated models (what an evaluator's `load_model` returns, for `toolkit-eval`):
+    Identified      names exactly what was loaded, so that a changed model never reuses cached samples
 """
 
 from __future__ import annotations
@@ -82,9 +84,18 @@ class CustomLoop(Protocol):
         ...
 
 
+@runtime_checkable
+class Identified(Protocol):
+    identity: str  # e.g. the resolved checkpoint directory; part of the evaluation cache's key
+
+
 def item_unit(task: object) -> str:
     return task.item_unit if isinstance(task, ItemUnit) else "items"
 
 
 def reports_perplexity(task: object) -> bool:
     return isinstance(task, ReportsPerplexity) and bool(task.val_perplexity)
+
+
+def identity(model: object) -> str:
+    return str(model.identity or "") if isinstance(model, Identified) else ""

@@ -24,12 +24,13 @@ hookimpl = pluggy.HookimplMarker("toolkit")
 def register_models(register):
     """Register model families.
 
-    `factory(config) -> torch.nn.Module`. A model may also define
-    `flops_per_token(seq_len) -> float` (training FLOPs per token, forward and backward) so that
-    the engine can report MFU, `layer_summary() -> list[str]` for `toolkit-train --dry-run`, and
-    `run_files() -> dict[str, Path]` naming files the engine copies into the run directory (a
-    dataset may define it too: the tokenizer, the synset vocabulary). The factory must work under
-    `with torch.device("meta"):` so dry runs allocate nothing.
+    `factory(config) -> torch.nn.Module`. The factory must work under `with torch.device("meta"):`
+    so dry runs allocate nothing. What else a model may offer the engine is a Protocol in
+    `toolkit.capabilities`, checked on the model the factory built (never on a wrapper):
+    `training_flops_per_item(sequence_length)` (TrainingFlops: MFU), `fsdp_units()`
+    (ShardingUnits: FSDP2 shards these one at a time), `layer_summary()` (LayerSummary:
+    `toolkit-train --dry-run`) and `run_files()` (RunFiles: files copied into the run directory;
+    a dataset may offer it too, for its tokenizer or synset vocabulary).
     """
 
 
@@ -55,7 +56,13 @@ def register_tasks(register):
 
     `factory(config, loss) -> toolkit.task.Task`, where `loss` is the built loss component or
     None when the recipe has no `loss` section. A task turns (model, batch) into a
-    `toolkit.task.StepOutput` (loss, item count, metrics).
+    `toolkit.task.StepOutput` (loss, item count, metrics, sequence length). Optional Protocols in
+    `toolkit.capabilities`: `item_unit` (ItemUnit: tokens/s, images/s), `val_perplexity`
+    (ReportsPerplexity), `model_roles` (ManyModels: the task uses several named models, each
+    `toolkit.task.Role.trained` or `.frozen`, and its steps receive a name -> model mapping;
+    the recipe names them under `models:`) and `train_step(context)` (CustomLoop: the task runs
+    its own inner loop, several updates per batch, through the trainer's
+    `toolkit.engine.loop.StepContext` services).
     """
 
 
@@ -93,7 +100,8 @@ def register_evaluators(register):
 def register_callbacks(register):
     """Register trainer callbacks. `factory(config) -> toolkit.engine.callbacks.Callback`.
 
-    Callbacks observe the run (step ends, evaluations, saves); they never change the loop.
+    Callbacks observe the run (train start, step ends, evaluations, saves, train end); they never
+    change the loop. A recipe enables them as a list: `callbacks: [{name: tensorboard, every: 10}]`.
     """
 
 

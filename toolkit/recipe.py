@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dataclasses
 import re
 
 import yaml
@@ -190,7 +191,8 @@ def _model_spec(name: str, values: Any, registries: Registries, path: Path) -> M
 
 
 def _config_fields(spec: ComponentSpec) -> list[str]:
-    return list(getattr(spec.component.config_class, "__dataclass_fields__", {}))
+    config_class = spec.component.config_class
+    return [f.name for f in dataclasses.fields(config_class)] if config_class is not None else []
 
 
 def _models(values: dict[str, Any], registries: Registries, path: Path) -> dict[str, ModelSpec]:

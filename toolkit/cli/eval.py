@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from toolkit.capabilities import identity
 from toolkit.cli.common import run_cli
 from toolkit.errors import RecipeError
 from toolkit.evaluation import RESULTS_FILE, EvaluationError, run_evaluation
@@ -78,7 +79,7 @@ def main_with_arguments(argv: list[str]) -> int:
         "evaluator": component.name,
         "plugin": component.plugin,
         "model": str(Path(arguments.model).resolve()),
-        "model_identity": str(getattr(model, "identity", "") or ""),
+        "model_identity": identity(model),
         "config": dataclasses.asdict(config) if config is not None else {},
         "limit": arguments.limit,
     }

@@ -21,7 +21,10 @@ from toolkit.errors import CheckpointError
 
 
 class CheckpointState(Protocol):
-    """One file of a checkpoint. `state_dict` is collective: every rank calls it."""
+    """One file of a checkpoint. `state_dict` is collective: every rank calls it. `fallback`, when
+    not None, gives the state to load when a checkpoint lacks the file (an older layout)."""
+
+    fallback: Callable[[], Any] | None
 
     def state_dict(self) -> Any: ...
 
@@ -64,6 +67,8 @@ def gather_full(value: Any) -> Any:
 class ModelWeights:
     """The full, unsharded weights of one trained model."""
 
+    fallback = None  # required
+
     def __init__(self, model: nn.Module, file_name: str) -> None:
         self.model = model
         self.file_name = file_name  # named in errors
@@ -86,6 +91,8 @@ class ModelWeights:
 
 class OptimizerState:
     """The optimizer over `parameters_of` (the trained models, one module or a ModuleDict)."""
+
+    fallback = None  # required
 
     def __init__(self, optimizer: torch.optim.Optimizer, parameters_of: nn.Module) -> None:
         self.optimizer = optimizer
@@ -116,6 +123,8 @@ class Progress:
     Resuming at another world size keeps the global batch order (data sources re-split rank 0's
     position) but cannot keep per-rank RNG streams, which are then left as seeded.
     """
+
+    fallback = None  # required
 
     def __init__(self, train_data: Any, rank: int, world_size: int) -> None:
         self.step = 0
@@ -179,7 +188,7 @@ def load_states(checkpoint: Path, states: dict[str, CheckpointState]) -> None:
         state = states[name]
         path = checkpoint / name
         if not path.is_file():
-            fallback = getattr(state, "fallback", None)
+            fallback = state.fallback
             if fallback is None:
                 raise CheckpointError(f"{checkpoint}: cannot resume training from it, {name} is missing")
             state.load_state_dict(fallback())

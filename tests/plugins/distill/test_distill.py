@@ -124,3 +124,25 @@ def test_bad_model_layouts_are_one_line_and_write_nothing(teacher_run, tmp_path,
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert all(fragment in errors[0] for fragment in fragments), errors[0]
     assert not run.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one(teacher_run, tmp_path, strategy):
+    """The student wrapped for DDP / sharded by FSDP2, the teacher frozen beside it on each rank:
+    two updates per batch (two passes, whole batch each) give one process's losses."""
+    sys.path.insert(0, str(REPO / "tests" / "toolkit"))
+    from test_distributed import read_losses, torchrun
+
+    common = ["task.epochs=2", "task.minibatches=1", "trainer.max_steps=6", "trainer.eval_every=3",
+              "trainer.precision=fp32", "models.teacher.dtype=fp32"]  # bf16 rounding would differ by layout
+    # eval_batches counts micro-batches: 2 of 8 rows on one rank, 2 of 4 rows on each of two.
+    one = run_command(distill_command(tmp_path / "one", teacher_run, *common, "data.batch_size=8"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun(None, *distill_command(tmp_path / "two", teacher_run, *common, "data.batch_size=4",
+                                          "trainer.eval_batches=4", f"dist.strategy={strategy}")[1:])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert read_losses(tmp_path / "two") == pytest.approx(read_losses(tmp_path / "one"), rel=1e-4)
+    first = load_file(tmp_path / "one" / "step-000006" / "model-student.safetensors")
+    second = load_file(tmp_path / "two" / "step-000006" / "model-student.safetensors")
+    assert all(torch.allclose(first[k], second[k], atol=1e-4) for k in first)
