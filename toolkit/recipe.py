@@ -174,7 +174,8 @@ def _model_spec(name: str, values: Any, registries: Registries, path: Path) -> M
     if dtype == Precision.bf16 and not frozen:
         raise RecipeError(f"{path}: {section}.dtype: only a frozen model is kept in bf16",
                           hint="a trained model's precision is trainer.precision (bf16 autocast)")
-    if "name" not in options:
+    if options.get("name") is None:
+        options.pop("name", None)  # `name: null` drops a name a base recipe gave
         if not source:
             raise RecipeError(f"{path}: {section} needs a 'name:' (a registered model) or a 'source:' (a run)",
                               hint=f"known models: {', '.join(registries['models'].names())}")

@@ -105,3 +105,35 @@ def test_an_override_with_nothing_after_the_equals_sign_is_the_empty_string(tmp_
                          ["data.val_shards=", "data.tokenizer=''", "data.cache_dir="], registries)
     data = recipe.components["data"].config
     assert (data.val_shards, data.tokenizer, data.cache_dir) == ("", "", "")
+
+
+def test_precision_and_strategy_are_checked_when_the_recipe_loads(plugin_env):
+    from helpers import EXAMPLE_RECIPE
+
+    for override, fragment in (("trainer.precision=fp16", "trainer.precision: Invalid value 'fp16'"),
+                               ("dist.strategy=zero3", "dist.strategy: Invalid value 'zero3'")):
+        with pytest.raises(RecipeError) as caught:
+            load_recipe(str(EXAMPLE_RECIPE), [override], get_registries())
+        assert str(EXAMPLE_RECIPE) in caught.value.message and fragment in caught.value.message
+
+
+def test_models_section_names_trained_and_frozen_models(plugin_env, tmp_path):
+    from helpers import EXAMPLE_RECIPE
+
+    base = ["model=null", "models.student.name=wave-mlp", "models.teacher.name=wave-mlp",
+            "models.teacher.frozen=true", "models.teacher.dtype=bf16"]
+    recipe = load_recipe(str(EXAMPLE_RECIPE), base, get_registries())
+    assert list(recipe.models) == ["student", "teacher"]
+    assert recipe.models["teacher"].frozen and recipe.models["teacher"].dtype == "bf16"
+    assert not recipe.models["student"].frozen and recipe.models["student"].component.component.name == "wave-mlp"
+    bad = {
+        "models.student.frozen=true": "every model under 'models:' is frozen",
+        "models.student.dtype=bf16": "only a frozen model is kept in bf16",
+        "models.teacher.name=null": "models.teacher needs a 'name:'",
+        "model.name=wave-mlp": "has both 'model:' and 'models:'",
+    }
+    for override, fragment in bad.items():
+        overrides = [item for item in base if item != "model=null"] if override.startswith("model.") else base
+        with pytest.raises(RecipeError) as caught:
+            load_recipe(str(EXAMPLE_RECIPE), [*overrides, override], get_registries())
+        assert fragment in caught.value.message, (override, caught.value.message)
