@@ -10,11 +10,19 @@ cross-entropy over all positions (the same code for both), backward, fused AdamW
 OpenELM's Q/K norm is off by default so that both compute exactly the same function (--qk-norm
 turns it on).
 
-MFU = FLOPs per token (6 N + 12 L H E T, PaLM appendix B) x tokens/s / peak. The peak is torch.mm
-at the fastest of the model's own forward GEMM shapes, in the same precision, sampled between the
-timed steps of this run, so it sees the same machine load as the steps do; MFU is the median over
-rounds of (a step's FLOPs / its time / the peak sampled right after it).
-The last line printed is JSON: toolkit_tok_s, hf_tok_s, ratio, mfu (toolkit's), hf_mfu, precision.
+A third runner, "engine", is the same OpenELM step through the toolkit's Trainer (a recipe built
+by `toolkit.assembly` from openelm/tiny.yaml with this shape, z-loss, clipping and schedule off so
+that it computes what the bare loop does, fed the same batch): its time against the bare loop's is
+the engine's overhead. Data loading is not part of it (both are handed the batch).
+
+MFU = FLOPs per token (6 N + 12 L H E T, PaLM appendix B) x tokens/s / peak. The peak is the
+trainer's own definition (toolkit.engine.metrics.MatmulPeak: a square matmul in the run's
+precision), sampled between the timed steps of this run, so it sees the same machine load as the
+steps do; MFU is the median over rounds of (a step's FLOPs / its time / the peak sampled right
+after it). "engine_bar_mfu" is what the trainer's progress bar shows for the same steps (against
+the peak it measured once at start).
+The last line printed is JSON: toolkit_tok_s, hf_tok_s, ratio, mfu (toolkit's), hf_mfu,
+engine_overhead, engine_bar_mfu, precision.
 
 By default the script re-executes itself with glibc malloc tuned (one arena, no mmap/trim for big
 blocks): without it every step page-faults fresh memory for the [B*S, V] logits and gradients,
@@ -90,37 +98,24 @@ def build_models(args):
     return toolkit_model, hf_model
 
 
-def gemm_shapes(args) -> list[tuple[int, int, int]]:
-    """(M, K, N) of the model's forward GEMMs: qkv, gate+up, down, output head."""
-    tokens = args.batch_size * args.seq_len
-    head_dim = args.dim // args.heads
-    return [
-        (tokens, args.dim, (args.heads + 2 * args.kv_heads) * head_dim),
-        (tokens, args.dim, 2 * args.ffn_dim),
-        (tokens, args.ffn_dim, args.dim),
-        (tokens, args.dim, args.vocab),
+def build_engine(args, scratch: str):
+    """The Trainer for the same shape, from openelm/tiny.yaml: what `toolkit-train` would run."""
+    from toolkit.assembly import build_trainer
+    from toolkit.plugins import get_registries
+    from toolkit.recipe import load_recipe
+
+    overrides = [
+        "model.name=openelm", f"model.vocab_size={args.vocab}", f"model.max_context_length={args.seq_len}",
+        f"model.num_layers={args.layers}", f"model.model_dim={args.dim}", f"model.head_dim={args.dim // args.heads}",
+        f"model.num_gqa_groups={args.heads // args.kv_heads}", f"model.num_query_heads={args.heads}",
+        f"model.num_kv_heads={args.kv_heads}", f"model.ffn_dim={args.ffn_dim}",
+        f"model.normalize_qk={str(args.qk_norm).lower()}", "loss.z_loss=0.0", "schedule=null",
+        "optim.lr=1e-3", "optim.betas=[0.9,0.95]", "optim.weight_decay=0.1", "trainer.clip_grad=0",
+        f"trainer.precision={args.precision}", f"trainer.compile={str(args.compile).lower()}",
+        f"trainer.seed={args.seed}", f"trainer.out_dir={scratch}", "trainer.progress=false",
+        f"data.seq_len={args.seq_len}", f"data.batch_size={args.batch_size}", f"data.vocab_size={args.vocab}",
     ]
-
-
-class MatmulProbe:
-    """Times `torch.mm` at one GEMM shape, in the benchmark's precision: FLOP/s per sample."""
-
-    def __init__(self, shape: tuple[int, int, int], dtype) -> None:
-        import torch
-
-        m, k, n = shape
-        self.shape = shape
-        self.a = torch.randn(m, k, dtype=dtype)
-        self.b = torch.randn(k, n, dtype=dtype)
-        self.flops = 2 * m * k * n
-        for _ in range(3):
-            self.a @ self.b
-
-    def sample(self, repeats: int = 10) -> float:
-        start = time.perf_counter()
-        for _ in range(repeats):
-            self.a @ self.b
-        return self.flops * repeats / (time.perf_counter() - start)
+    return build_trainer(load_recipe("openelm/tiny.yaml", overrides, get_registries()))
 
 
 def make_step(model, logits_of, optimizer, batch, targets, precision: str):
@@ -147,11 +142,14 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.update(MALLOC_TUNING)
         os.execv(sys.executable, [sys.executable, *sys.argv])
 
+    import tempfile
+
     import torch
+
+    from toolkit.engine.metrics import MatmulPeak
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     toolkit_model, hf_model = build_models(args)
     seq_flops = toolkit_model.flops_per_token(args.seq_len)
     parameters = toolkit_model.num_parameters()
@@ -173,6 +171,17 @@ def main(argv: list[str] | None = None) -> None:
         # The fused (single-kernel) AdamW: on CPU about 3x faster than the for-each default.
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
         runners[label] = make_step(compiled, logits_of, optimizer, batch, targets, args.precision)
+    scratch = tempfile.TemporaryDirectory()
+    engine = build_engine(args, scratch.name)
+    engine_batch = {"input_ids": batch, "labels": targets}
+    engine_summaries: list[dict] = []
+
+
+    def engine_step() -> float:
+        engine_summaries.append(engine.run_step(iter([engine_batch])))
+        return engine_summaries[-1]["loss"]
+
+    runners["engine"] = engine_step
 
     print(
         f"shape: {args.layers} layers, width {args.dim}, {args.heads} heads ({args.kv_heads} KV), FFN {args.ffn_dim}, "
@@ -187,16 +196,14 @@ def main(argv: list[str] | None = None) -> None:
             step()
         print(f"warmup {label}: {time.perf_counter() - start:.1f}s", flush=True)
 
-    # The matmul peak: the fastest of the model's GEMM shapes, then sampled between the training
-    # steps so that it sees the same machine as they do.
-    probes = [MatmulProbe(shape, dtype) for shape in gemm_shapes(args)]
-    probe = max(probes, key=lambda p: max(p.sample() for _ in range(3)))
-    del probes
+    # The trainer's matmul peak, sampled between the training steps so that it sees the same
+    # machine as they do.
+    probe = MatmulPeak(torch.device("cpu"), args.precision)
     peak_samples = []
     # One step of each model per round, the order alternating: a burst of load from elsewhere on
     # the machine hits both sides of a pair alike. Medians then ignore the disturbed pairs.
     times: dict[str, list[float]] = {label: [] for label in runners}
-    pair_ratios = []
+    pair_ratios, engine_ratios = [], []
     for round_index in range(args.steps):
         order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
         for label in order:
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
             step_loss = runners[label]()
             times[label].append(time.perf_counter() - start)
         pair_ratios.append(times["hf"][-1] / times["toolkit"][-1])
+        engine_ratios.append(times["engine"][-1] / times["toolkit"][-1])
         peak_samples.append(probe.sample())
         if (round_index + 1) % max(1, args.steps // 5) == 0:
             print(
@@ -212,8 +220,10 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     peak = statistics.median(peak_samples)
-    m, k, n = probe.shape
-    peak_shape = f"[{m}x{k}] @ [{k}x{n}]"
+    peak_shape = f"[{probe.size}x{probe.size}] @ [{probe.size}x{probe.size}]"
+    # What the trainer's progress bar showed for the timed steps: its FLOPs over the step time,
+    # against the peak it measured once when it started.
+    engine_peak = engine.peak_flops
 
     tokens_per_step = args.batch_size * args.seq_len
     rates = {label: tokens_per_step / statistics.median(times[label]) for label in runners}
@@ -225,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         for label in runners
     }
     ratio = statistics.median(pair_ratios)
+    engine_overhead = statistics.median(engine_ratios) - 1.0
+    timed_summaries = engine_summaries[args.warmup:]
+    bar_mfu = statistics.median(summary["flops"] / t / engine_peak
+                                for summary, t in zip(timed_summaries, times["engine"]))
     print(f"matmul peak ({args.precision}, {peak_shape}, median of {len(peak_samples)} samples between steps; "
           f"max {max(peak_samples) / 1e9:.1f}): {peak / 1e9:.1f} GFLOP/s")
     print(f"FLOPs per token: {seq_flops / 1e6:.2f}M (6N + 12LHET)")
@@ -234,12 +248,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ratio toolkit/hf: {ratio:.3f} (median of {len(pair_ratios)} paired steps; "
           f"quartiles {statistics.quantiles(pair_ratios, n=4)[0]:.3f} .. {statistics.quantiles(pair_ratios, n=4)[2]:.3f}; "
           f"ratio of means {means['toolkit'] / means['hf']:.3f})")
+    print(f"engine overhead: {100 * engine_overhead:+.1f}% (median of paired engine/bare steps); "
+          f"engine progress-bar MFU {100 * bar_mfu:.1f}% against its start-up peak {engine_peak / 1e9:.1f} GFLOP/s")
+    engine.close()
+    scratch.cleanup()
     print(json.dumps({
         "toolkit_tok_s": round(rates["toolkit"], 1),
         "hf_tok_s": round(rates["hf"], 1),
         "ratio": round(ratio, 3),
         "mfu": round(mfu["toolkit"], 4),
         "hf_mfu": round(mfu["hf"], 4),
+        "engine_overhead": round(engine_overhead, 4),
+        "engine_mfu": round(mfu["engine"], 4),
+        "engine_bar_mfu": round(bar_mfu, 4),
         "precision": args.precision,
         "compile": args.compile,
         "hf_attention": args.hf_attention,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -64,31 +65,44 @@ class ProgressBar:
         self.bar.close()
 
 
-def measure_peak_flops(device: torch.device, precision: str, size: int = 0, seconds: float = 0.5) -> float:
-    """FLOP/s of a square matmul in the run's precision: the peak MFU is measured against.
+class MatmulPeak:
+    """The peak MFU is measured against: FLOP/s of a square matmul in the run's precision.
 
-    Measured rather than looked up so that MFU is honest on whatever machine runs (a busy
-    machine lowers both the peak and the run's throughput alike). A GPU needs a large matmul
-    (8192, about 1.5 ms on an H100) and several launches per synchronisation, or the figure is
-    launch latency rather than arithmetic; 1024 already saturates a CPU.
+    Measured rather than looked up so that MFU is honest on whatever machine runs (a busy machine
+    lowers both the peak and the run's throughput alike). A GPU needs a large matmul (8192, about
+    1.5 ms on an H100) and several launches per synchronisation, or the figure is launch latency
+    rather than arithmetic; 1024 already saturates a CPU. `tools/bench_lm.py` samples this same
+    probe between its timed steps, so the trainer's MFU and the benchmark's share one definition.
     """
-    if size <= 0:
-        size = 8192 if device.type == "cuda" else 1024
-    launches_per_sync = 10 if device.type == "cuda" else 1
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    left = torch.randn(size, size, device=device, dtype=dtype)
-    right = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        left @ right
-    _synchronize(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(launches_per_sync):
-            left @ right
-        count += launches_per_sync
+
+    def __init__(self, device: torch.device, precision: str, size: int = 0) -> None:
+        self.device = device
+        self.size = size if size > 0 else (8192 if device.type == "cuda" else 1024)
+        self.launches_per_sync = 10 if device.type == "cuda" else 1
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # A generator of its own: measuring must not move the run's RNG streams.
+        generator = torch.Generator(device=device).manual_seed(0)
+        self.left = torch.randn(self.size, self.size, device=device, dtype=dtype, generator=generator)
+        self.right = torch.randn(self.size, self.size, device=device, dtype=dtype, generator=generator)
+        for _ in range(3):
+            self.left @ self.right
         _synchronize(device)
-    elapsed = time.perf_counter() - start
-    return 2 * size**3 * count / elapsed
+
+    def sample(self, seconds: float = 0.05) -> float:
+        """FLOP/s over at least `seconds` of back-to-back matmuls."""
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(self.launches_per_sync):
+                self.left @ self.right
+            count += self.launches_per_sync
+            _synchronize(self.device)
+        return 2 * self.size**3 * count / (time.perf_counter() - start)
+
+
+def measure_peak_flops(device: torch.device, precision: str, size: int = 0, seconds: float = 0.5) -> float:
+    """The median of ten `MatmulPeak` samples spread over `seconds`."""
+    probe = MatmulPeak(device, precision, size)
+    return statistics.median(probe.sample(seconds / 10) for _ in range(10))
 
 
 def _synchronize(device: torch.device) -> None:

@@ -76,3 +76,18 @@ def test_constant_with_warmup():
         optimizer.step()
         scheduler.step()
     assert rates == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_fused_adamw_by_default_where_it_runs_and_the_same_update():
+    model = TinyLM()
+    by_default = build_adamw(AdamWConfig(lr=1e-2, weight_decay=0.1), model)
+    assert by_default.defaults["fused"] is True  # plain CPU tensors: the fused kernel
+    assert build_adamw(AdamWConfig(fused=False), model).defaults["fused"] in (None, False)
+    twin = TinyLM()
+    twin.load_state_dict(model.state_dict())
+    for_each = build_adamw(AdamWConfig(lr=1e-2, weight_decay=0.1, fused=False), twin)
+    for network, optimizer in ((model, by_default), (twin, for_each)):
+        network.proj(network.embed(torch.arange(10))).square().sum().backward()
+        optimizer.step()
+    for fused_parameter, plain_parameter in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(fused_parameter, plain_parameter)
