@@ -49,7 +49,9 @@ class TrainerConfig:
     eval_batches: int = 0  # validation micro-batches per evaluation, all ranks together; 0 = all
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3  # checkpoints kept; older ones are deleted
-    ema_decay: float = 0.0  # >0 keeps an exponential moving average of the weights (saved too)
+    # >0 keeps an exponential moving average of the weights (saved too): ema = decay * ema +
+    # (1 - decay) * weights after each step, so 0.9995 averages over about 2000 steps.
+    ema_decay: float = 0.0
     peak_flops: float = 0.0  # hardware peak FLOP/s for MFU; 0 = measure a matmul at start
     compile: bool = False  # torch.compile the trained models
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -60,6 +62,8 @@ class TrainerConfig:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (the weight of the old average), got {self.ema_decay}")
 
 
 @dataclass

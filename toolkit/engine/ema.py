@@ -1,4 +1,11 @@
-"""Exponential moving average of a model's floating-point weights (CatLIP uses decay 5e-4 per step)."""
+"""Exponential moving average of a model's floating-point weights, in the usual convention.
+
+After each optimizer step: ema = decay * ema + (1 - decay) * weights. `decay` is the weight of the
+old average (timm's ModelEmaV2 and torch.optim.swa_utils.get_ema_multi_avg_fn use the same), so
+the average spans about 1 / (1 - decay) steps: CatLIP's "momentum 5e-4" is `ema_decay: 0.9995`.
+Under FSDP2 the averages are kept as the shards the model holds; `state_dict` gathers them whole
+(a collective: every rank calls it) and `load_state_dict` takes whole tensors back.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,10 @@ from torch import nn
 
 
 class ExponentialMovingAverage:
-    """Keeps `ema = ema + rate * (weights - ema)` after each optimizer step.
-
-    `rate` is the recipe's `trainer.ema_decay`, read as CoreNet does: the weight the newest model
-    gets (5e-4 in CatLIP), so the average spans about 1/rate steps.
-    """
-
-    def __init__(self, model: nn.Module, rate: float) -> None:
-        self.rate = rate
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
         self.shadow = {
             name: tensor.detach().clone().float()
             for name, tensor in model.state_dict().items()
@@ -23,14 +26,25 @@ class ExponentialMovingAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for name, tensor in model.state_dict().items():
-            if name in self.shadow:
-                self.shadow[name].lerp_(tensor.detach().float(), self.rate)
+        names = [name for name in model.state_dict() if name in self.shadow]
+        current = model.state_dict()
+        averages = [self.shadow[name] for name in names]
+        weights = [current[name].detach().float() for name in names]
+        # lerp_(w, 1 - decay): ema + (1 - decay) * (w - ema) = decay * ema + (1 - decay) * w
+        torch._foreach_lerp_(averages, weights, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return dict(self.shadow)
+        from toolkit.engine.state import gather_full  # FSDP2 shards -> whole tensors
+
+        return gather_full(dict(self.shadow))
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in self.shadow:
-            if name in state:
-                self.shadow[name].copy_(state[name])
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        for name, average in self.shadow.items():
+            if name not in state:
+                continue
+            whole = state[name].to(average.device if not isinstance(average, DTensor) else average.to_local().device)
+            if isinstance(average, DTensor):  # take this rank's shard of the whole tensor
+                whole = distribute_tensor(whole.float(), average.device_mesh, average.placements)
+            average.copy_(whole)

@@ -170,8 +170,8 @@ class Trainer:
         items, flops = summary.pop("items"), summary.pop("flops")
         record = {"step": self.step, "loss": summary.pop("loss"), "lr": self.parts.optimizer.param_groups[0]["lr"],
                   **summary, f"{self.item_unit}_per_s": items / elapsed, "step_time_s": elapsed}
-        if flops:
-            record["mfu"] = flops / elapsed / self.peak_flops
+        if flops:  # FLOPs summed over ranks, against the peak of every rank's device together
+            record["mfu"] = flops / elapsed / (self.peak_flops * self.context.world_size)
         return record
 
     @torch.no_grad()
