@@ -51,12 +51,17 @@ def _holds_weights(directory: Path) -> bool:
     return any(directory.glob("model*.safetensors"))
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of a `step-NNNNNN` directory."""
+    return int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoint directories of a run, oldest first (temporary ones are never listed)."""
     if not run_dir.is_dir():
         return []
     found = [p for p in run_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+    return sorted(found, key=checkpoint_step)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -90,18 +95,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
 # Weights
 
 
+def _view_identity(tensor: torch.Tensor) -> tuple:
+    """Two state-dict entries are one tensor (tied) only if they view the same memory the same way:
+    a transposed view of a weight shares its storage, offset and shape but not its strides."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tuple(tensor.stride()), tensor.dtype)
+
+
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     """Save a state dict as safetensors, storing tensors that share memory (tied weights) once."""
     unique: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
-    owner_by_storage: dict[tuple[int, int, tuple], str] = {}
+    owner_by_storage: dict[tuple, str] = {}
     for key, tensor in state.items():
         tensor = tensor.detach()
         try:
-            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            identity = _view_identity(tensor)
         except RuntimeError:  # FSDP's gathered tensors can hide their storage: copy, no aliasing
             tensor = tensor.clone()
-            identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            identity = _view_identity(tensor)
         if identity in owner_by_storage:
             aliases[key] = owner_by_storage[identity]
             continue

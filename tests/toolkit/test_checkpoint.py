@@ -105,3 +105,41 @@ def test_shape_mismatch_is_one_line(tmp_path):
     ckpt.save_weights(nn.Linear(3, 2).state_dict(), tmp_path / "w.safetensors")
     with pytest.raises(CheckpointError, match=r"'weight' has shape \(2, 3\)"):
         ckpt.load_state_strict(nn.Linear(4, 2), ckpt.load_weights(tmp_path / "w.safetensors"), tmp_path)
+
+
+def test_resave_of_a_step_keeps_it_if_the_swap_is_interrupted(tmp_path, monkeypatch):
+    model = nn.Linear(2, 2)
+    save_checkpoint(tmp_path, content(10, model), keep_last=3)
+    real_rename = engine_checkpoint.os.rename
+    calls = []
+
+    def crash_on_second(source, target):  # the old step moved aside, then the power goes
+        calls.append(target)
+        if len(calls) == 2:
+            raise OSError("power cut between the two renames")
+        real_rename(source, target)
+
+    monkeypatch.setattr(engine_checkpoint.os, "rename", crash_on_second)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, content(10, nn.Linear(2, 2)), keep_last=3)
+    monkeypatch.undo()
+    assert not (tmp_path / "step-000010").exists()  # moved aside, not lost:
+    save_checkpoint(tmp_path, content(20, model), keep_last=3)  # the next save puts it back
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000010", "step-000020"]
+    restored = ckpt.load_weights(tmp_path / "step-000010" / "model.safetensors")
+    assert torch.equal(restored["weight"], model.weight.detach())
+
+
+def test_a_stale_later_step_is_pruned_not_the_new_one(tmp_path):
+    model = nn.Linear(2, 2)
+    save_checkpoint(tmp_path, content(50, model), keep_last=2)  # from a timeline resumed earlier
+    save_checkpoint(tmp_path, content(10, model), keep_last=2)
+    save_checkpoint(tmp_path, content(20, model), keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000010", "step-000020"]
+
+
+def test_a_transposed_view_is_not_stored_as_an_alias(tmp_path):
+    square = torch.arange(4.0).reshape(2, 2)
+    ckpt.save_weights({"a": square, "a_t": square.t()}, tmp_path / "v.safetensors")
+    loaded = ckpt.load_weights(tmp_path / "v.safetensors")
+    assert torch.equal(loaded["a_t"], square.t()) and not torch.equal(loaded["a_t"], loaded["a"])

@@ -57,3 +57,24 @@ def test_two_processes_match_one(plugin_env, tmp_path, strategy):
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         again = load_file(tmp_path / "two" / "step-000030" / "model.safetensors")
         assert all(torch.allclose(one[k], again[k], atol=1e-5) for k in one)
+
+
+@pytest.mark.slow
+def test_a_failed_save_on_rank_0_stops_every_rank_with_one_clear_line(plugin_env, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE, the way a full disk looks to a write) makes rank 0's save
+    fail; rank 1 must not wait at a barrier until the collective timeout."""
+    import resource
+
+    limit = 32 * 1024  # the log and recipe fit; the weights of a 4096-wide MLP (65 KB) do not
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(free_port()), "-m", "toolkit.cli.train", str(EXAMPLE_RECIPE), "model.hidden=4096",
+         "trainer.max_steps=10", "trainer.save_every=5", f"trainer.out_dir={tmp_path / 'run'}"],
+        env=plugin_env, capture_output=True, text=True, timeout=300,  # a hang fails here, not a clock check
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("step-000005: could not save the checkpoint" in line for line in errors), \
+        result.stderr[-3000:]
+    assert any("File too large" in line for line in errors)  # rank 0 names the cause
+    assert not (tmp_path / "run" / "step-000005").exists() and not list((tmp_path / "run").glob(".tmp-*"))

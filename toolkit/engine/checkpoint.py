@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from toolkit.checkpoint import checkpoint_name, list_checkpoints, save_weights
+from toolkit.checkpoint import checkpoint_name, checkpoint_step, list_checkpoints, save_weights
+from toolkit.files import fsync_directory
 
 
 def write_file(path: Path, content: Any) -> None:
@@ -32,32 +33,52 @@ def write_file(path: Path, content: Any) -> None:
         raise ValueError(f"{path.name}: no checkpoint format for suffix '{path.suffix}'")
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def _recover_replacements(run_dir: Path) -> None:
+    """Finish a re-save that a crash interrupted: a replaced checkpoint whose successor never
+    arrived is put back; one whose successor is in place is deleted."""
+    for replaced in run_dir.glob(".replaced-step-*"):
+        name = replaced.name.removeprefix(".replaced-").rsplit("-", 1)[0]  # step-NNNNNN
+        if (run_dir / name).exists():
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            os.rename(replaced, run_dir / name)
 
 
 def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yaml: str, keep_last: int) -> Path:
-    """Write `run_dir/step-NNNNNN/` atomically, then delete checkpoints beyond the last `keep_last`."""
+    """Write `run_dir/step-NNNNNN/` atomically, then prune.
+
+    Pruning removes checkpoints of a later step than this one (left by the timeline a resume from
+    an older step abandoned; the metrics log drops their lines too), then all but the last
+    `keep_last`. A checkpoint of the same step is replaced: it is moved aside, the new one renamed
+    in, and only then deleted, so that a crash in between never leaves the step missing.
+    """
     final = run_dir / checkpoint_name(step)
+    _recover_replacements(run_dir)
     for stale in run_dir.glob(".tmp-step-*"):  # left by a crash during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
     temporary = run_dir / f".tmp-{final.name}-{os.getpid()}"
     temporary.mkdir(parents=True)
-    for name, content in files.items():
-        write_file(temporary / name, content)
-    (temporary / "recipe.yaml").write_text(recipe_yaml)
-    for file in temporary.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_directory(temporary)
-    if final.exists():  # re-saving a step after a resume: replace it
-        shutil.rmtree(final)
+    try:
+        for name, content in files.items():
+            write_file(temporary / name, content)
+        (temporary / "recipe.yaml").write_text(recipe_yaml)
+        for file in temporary.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(temporary)
+    except BaseException:  # a full disk: leave no half checkpoint behind (a kill leaves one for the next save)
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    replaced = None
+    if final.exists():  # re-saving a step after a resume
+        replaced = run_dir / f".replaced-{final.name}-{os.getpid()}"
+        os.rename(final, replaced)
     os.rename(temporary, final)
-    _fsync_directory(run_dir)
+    fsync_directory(run_dir)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+    for later in [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]:
+        shutil.rmtree(later, ignore_errors=True)
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

@@ -69,6 +69,17 @@ def gather_objects(value):
     return gathered
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (one all-reduce; also a barrier)."""
+    if not dist.is_initialized():
+        return flag
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

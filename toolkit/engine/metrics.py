@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from toolkit.files import atomic_write_text
+
 
 class MetricsLog:
     """Appends one JSON object per line to `metrics.jsonl` (rank 0 only)."""
@@ -28,7 +30,7 @@ class MetricsLog:
                         kept.append(line)
                 except json.JSONDecodeError:  # a line cut short by a kill: drop it
                     continue
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))  # a kill here keeps the old log
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

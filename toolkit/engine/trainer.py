@@ -24,6 +24,8 @@ from toolkit.engine.checkpoint import write_checkpoint
 from toolkit.engine.loop import StepContext, default_train_step, move_to
 from toolkit.engine.metrics import MetricsLog, ProgressBar, measure_peak_flops
 from toolkit.engine.state import ModelWeights, OptimizerState, Progress, StateOf, load_states, save_states
+from toolkit.errors import CheckpointError
+from toolkit.files import atomic_write_text
 
 __all__ = ["TrainResult", "Trainer", "move_to"]
 
@@ -97,9 +99,7 @@ class Trainer:
 
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        temporary = self.run_dir / "recipe.yaml.tmp"
-        temporary.write_text(self.parts.recipe_yaml)
-        temporary.replace(self.run_dir / "recipe.yaml")
+        atomic_write_text(self.run_dir / "recipe.yaml", self.parts.recipe_yaml)
         # Files the data or the models keep with the run: a tokenizer, a synset vocabulary.
         for name, source in self.parts.run_files.items():
             shutil.copyfile(source, self.run_dir / name)
@@ -223,12 +223,18 @@ class Trainer:
 
     def save(self) -> Path:
         files = save_states(self.states)  # every rank takes part (FSDP gathers, RNG gathered)
+        failure = None
         if self.context.is_main:
-            self.last_checkpoint = write_checkpoint(self.run_dir, self.step, files, self.parts.recipe_yaml,
-                                                    self.config.keep_last)
-        else:
-            self.last_checkpoint = self.run_dir / ckpt.checkpoint_name(self.step)
-        distributed.barrier()
+            try:
+                write_checkpoint(self.run_dir, self.step, files, self.parts.recipe_yaml, self.config.keep_last)
+            except Exception as error:  # noqa: BLE001 - a full disk, a read-only directory: told to every rank
+                failure = error
+        # Every rank learns whether rank 0's write worked, so none waits for a save that failed.
+        if distributed.any_rank(failure is not None):
+            reason = " ".join(f"{type(failure).__name__}: {failure}".split()) if failure else "it failed on rank 0"
+            raise CheckpointError(f"{self.run_dir / ckpt.checkpoint_name(self.step)}: could not save the "
+                                  f"checkpoint ({reason})", hint=f"last good checkpoint: {self.last_checkpoint}")
+        self.last_checkpoint = self.run_dir / ckpt.checkpoint_name(self.step)
         for callback in self.parts.callbacks:
             callback.on_save(self.step, self.last_checkpoint)
         return self.last_checkpoint
