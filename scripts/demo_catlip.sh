@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-toolkit-train catlip/tiny.yaml trainer.out_dir=runs/catlip-tiny
+toolkit-train catlip/tiny.yaml trainer.out_dir=runs/catlip-tiny --overwrite
 for head in transfer random; do
     toolkit-train catlip/transfer_fashion_mnist.yaml model.init_from=runs/catlip-tiny model.head="$head" \
-        trainer.out_dir="runs/catlip-transfer-$head" "$@"
+        trainer.out_dir="runs/catlip-transfer-$head" --overwrite "$@"
 done
 python tools/compare_transfer.py runs/catlip-transfer-transfer runs/catlip-transfer-random

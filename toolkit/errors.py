@@ -9,6 +9,8 @@ class ToolkitError(Exception):
     `hint` is an optional second clause telling the user what to do about it.
     """
 
+    exit_code = 2  # what the CLI exits with
+
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -41,3 +43,11 @@ class CheckpointError(ToolkitError):
 
 class TrainingError(ToolkitError):
     """Training cannot continue (for example the loss became NaN)."""
+
+
+class Interrupted(TrainingError):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint; exits 128 + the signal."""
+
+    def __init__(self, message: str, hint: str | None = None, signal_number: int = 2) -> None:
+        super().__init__(message, hint)
+        self.exit_code = 128 + signal_number

@@ -15,7 +15,9 @@ DEBUG_ENV_VAR = "TOOLKIT_DEBUG"
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
-    """Run `main`; a ToolkitError becomes `error: ...` on stderr and exit code 2.
+    """Run `main`; a ToolkitError becomes `error: ...` on stderr and exit code 2 (128 + the signal
+    for a training stopped by SIGINT/SIGTERM), and so does an operating-system error (naming the
+    file); a closed output pipe ends the command quietly.
 
     Any other exception is a bug somewhere (the toolkit's or a plugin's): still one line, exit 1,
     with the traceback only when TOOLKIT_DEBUG=1.
@@ -27,6 +29,15 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
         if os.environ.get(DEBUG_ENV_VAR):
             traceback.print_exc()
         print(f"error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
+    except BrokenPipeError:  # the reader went away (`toolkit-plugins --json | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+    except OSError as error:  # the machine said no: a read-only directory, a full disk, a missing file
+        if os.environ.get(DEBUG_ENV_VAR):
+            traceback.print_exc()
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

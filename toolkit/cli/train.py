@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -22,6 +24,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--resume", metavar="auto|DIR", help="continue from the run's latest checkpoint (auto) or DIR")
     parser.add_argument("--dry-run", action="store_true", help="build the model on the meta device, print its size, exit")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in trainer.out_dir")
+    parser.add_argument("--accept-changes", action="store_true",
+                        help="resume although the recipe differs from the checkpoint's (the changed keys are named)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -52,13 +57,28 @@ def main_with_arguments(argv: list[str]) -> int:
     if arguments.dry_run:
         dry_run(recipe)
         return 0
-    from toolkit.assembly import build_trainer  # torch.distributed and the engine load only to train
+    from toolkit.assembly import assemble  # torch.distributed and the engine load only to train
+    from toolkit.engine.trainer import Trainer
+    from toolkit.run_dir import claim_run_directory, clear_previous_run
 
-    trainer = build_trainer(recipe, resume=arguments.resume)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    # The run directory is checked and locked before anything is built or written.
+    claim = claim_run_directory(recipe.values, Path(recipe.trainer.out_dir), arguments.resume, is_main,
+                                overwrite=arguments.overwrite, accept_changes=arguments.accept_changes)
+    trainer = None
     try:
+        parts = assemble(recipe)
+        if claim.clear_previous:
+            clear_previous_run(claim.run_dir)
+        trainer = Trainer(parts, resume=str(claim.resume_from) if claim.resume_from else None)
         result = trainer.fit()
+    except BaseException:
+        claim.release(failed=True)
+        raise
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
+    claim.release()
     if trainer.context.is_main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_metrics.items() if k.startswith("val_"))
         print(f"done: step {result.step}{', ' + shown if shown else ''}; checkpoint {result.last_checkpoint}")

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,7 +27,7 @@ from toolkit.engine.checkpoint import write_checkpoint
 from toolkit.engine.loop import StepContext, default_train_step, move_to
 from toolkit.engine.metrics import MetricsLog, ProgressBar, measure_peak_flops
 from toolkit.engine.state import ModelWeights, OptimizerState, Progress, StateOf, load_states, save_states
-from toolkit.errors import CheckpointError
+from toolkit.errors import CheckpointError, Interrupted
 from toolkit.files import atomic_write_text
 
 __all__ = ["TrainResult", "Trainer", "move_to"]
@@ -36,6 +39,28 @@ class TrainResult:
     run_dir: Path
     last_checkpoint: Path | None
     final_metrics: dict[str, float]
+
+
+class StopSignal:
+    """SIGINT and SIGTERM set a flag the loop reads after each step; a second one stops at once.
+    Handlers can only be installed from the main thread; elsewhere the defaults stay."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = number
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
 
 def without_step(record: dict[str, float]) -> dict[str, float]:
@@ -62,11 +87,11 @@ class Trainer:
         # Measured before any state is restored: the measurement draws random matrices, which
         # would otherwise move the restored RNG streams.
         self.peak_flops = self.config.peak_flops or measure_peak_flops(self.context.device, self.config.precision)
-        if self.context.is_main:
-            self._prepare_run_dir()
-        if resume_from is not None:
+        if resume_from is not None:  # restored (and so checked) before the run directory is touched
             load_states(resume_from, self.states)
             self.last_checkpoint = resume_from
+        if self.context.is_main:
+            self._prepare_run_dir()
         # A resumed run rewrites history from its checkpoint on; a fresh one starts an empty log.
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.context.is_main, keep_until_step=self.step)
 
@@ -122,6 +147,7 @@ class Trainer:
         for callback in self.parts.callbacks:
             callback.on_train_start(self._run_info())
         self.models.train()
+        stop_signal = StopSignal()
         try:
             while self.step < config.max_steps:
                 started = time.perf_counter()
@@ -140,14 +166,29 @@ class Trainer:
                 periodic = config.save_every and self.step % config.save_every == 0
                 if (periodic or step_context.save_requested) and self.step < config.max_steps:
                     self.save()
+                if self._agreed(stop_signal.received is not None) and self.step < config.max_steps:
+                    self._stop(stop_signal.received or signal.SIGTERM)
             final_metrics.update(self.evaluate())
             if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.checkpoint_name(self.step):
                 self.save()
         finally:
+            stop_signal.restore()
             progress.close()
         for callback in self.parts.callbacks:
             callback.on_train_end(self.step, final_metrics)
         return TrainResult(self.step, self.run_dir, self.last_checkpoint, final_metrics)
+
+    def _agreed(self, flag: bool) -> bool:
+        """Every rank's view of a local flag (a signal reaches ranks at different moments)."""
+        return distributed.any_rank(flag) if self.context.distributed else flag
+
+    def _stop(self, signal_number: int) -> None:
+        """Checkpoint the step just completed, then stop (a scheduler's SIGTERM before preemption)."""
+        if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.checkpoint_name(self.step):
+            self.save()
+        name = signal.Signals(signal_number).name
+        raise Interrupted(f"stopped by {name} at step {self.step}; saved {self.last_checkpoint}",
+                          hint="continue with --resume auto", signal_number=signal_number)
 
     def _step(self, batches) -> StepContext:
         ema, trained = self.parts.ema, self._ema_target
