@@ -6,7 +6,8 @@
     been checked;
   - a resume (`--resume auto|DIR`) compares the checkpoint's recipe with the one given and
     refuses a changed key unless told to accept changes, naming the keys;
-  - `--resume auto` in a directory with no checkpoint says that it starts fresh;
+  - `--resume auto` in a directory with no checkpoint says that it starts fresh (replacing the
+    log and recipe of a run that died before its first save);
   - an exclusive lock keeps a second training out of a directory in use;
   - a directory that cannot be created or written is one clear error, not a failure after the
     model and data were built.
@@ -116,8 +117,10 @@ def claim_run_directory(recipe_values: dict[str, Any], run_dir: Path, resume: st
     if resume is not None and overwrite:
         raise RecipeError("--resume and --overwrite contradict each other", hint="choose one")
     resume_from = _resume_checkpoint(run_dir, resume) if resume is not None else None
-    if resume == "auto" and resume_from is None and is_main:
-        print(f"note: {run_dir} holds no checkpoint; starting a fresh run", file=sys.stderr)
+    starting_over = resume == "auto" and resume_from is None
+    if starting_over and is_main:  # what a job script that always says --resume auto gets first
+        leftovers = " (replacing an earlier run there that saved none)" if holds_a_run(run_dir) else ""
+        print(f"note: {run_dir} holds no checkpoint; starting a fresh run{leftovers}", file=sys.stderr)
     if resume_from is not None:
         changes = changed_keys(ckpt.read_recipe(resume_from), recipe_values)
         if changes and not accept_changes:
@@ -125,7 +128,7 @@ def claim_run_directory(recipe_values: dict[str, Any], run_dir: Path, resume: st
             raise CheckpointError(f"{resume_from}: the recipe differs from the checkpoint's in {shown}",
                                   hint="resume with the same recipe, or add --accept-changes to continue "
                                        "with the new values")
-    elif holds_a_run(run_dir) and not overwrite:
+    elif holds_a_run(run_dir) and not overwrite and not starting_over:
         raise TrainingError(f"{run_dir}: already holds a run", hint="continue it with --resume auto, replace it "
                             "with --overwrite, or choose another trainer.out_dir")
     if not is_main:  # rank 0 owns the directory

@@ -15,7 +15,7 @@ from plugins.catlip.wordnet import DEBIAN_WORDNET
 
 pytestmark = pytest.mark.skipif(not (DEBIAN_WORDNET / "data.noun").is_file(), reason="no WordNet")
 COMMON = ["catlip/tiny.yaml", "model.dropout=0.1", "trainer.max_steps=16", "trainer.save_every=8",
-          "trainer.eval_every=0", "trainer.eval_batches=1", "trainer.progress=false", "data.batch_size=16"]
+          "trainer.eval_every=0", "trainer.eval_batches=1", "trainer.keep_last=0", "trainer.progress=false", "data.batch_size=16"]
 
 
 @pytest.mark.slow

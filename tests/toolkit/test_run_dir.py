@@ -66,6 +66,16 @@ def test_resume_auto_in_an_empty_directory_says_it_starts_fresh(plugin_env, tmp_
     assert "holds no checkpoint; starting a fresh run" in result.stderr
 
 
+def test_resume_auto_over_a_run_that_never_saved_starts_fresh(plugin_env, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # died before its first save
+    result = train(plugin_env, run, "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "replacing an earlier run there that saved none" in result.stderr
+    assert '"loss": 9.0' not in (run / "metrics.jsonl").read_text()
+
+
 def test_a_directory_in_use_is_refused(plugin_env, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
