@@ -46,6 +46,10 @@ def register_datasets(register):
     `split` is "train" or "val". The returned object yields ready batches for this rank's
     share of each global batch, and saves/restores its position with `state_dict()` /
     `load_state_dict()` so that a resumed run sees exactly the batches it would have seen.
+    The core provides the plumbing: `toolkit.data.order` (a resumable training order and a
+    validation pass, with `OrderedTrainSource` / `OrderedValidationSource` to build on),
+    `toolkit.data.shards` (shard patterns, reading webdataset shards) and `toolkit.data.cache`
+    (the cache root, content hashes, build-once under a lock).
     """
 
 

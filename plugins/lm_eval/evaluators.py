@@ -42,9 +42,9 @@ class PerplexityEvaluator(LanguageModelEvaluator):
     """Token-level perplexity over text shards, in non-overlapping windows of the model's context."""
 
     def evaluate(self, model: LanguageModel, context: EvalContext) -> dict[str, Any]:
-        from plugins.lm.cache import cache_root
+        from toolkit.data.cache import cache_root
         from plugins.lm.corpus import is_builtin, resolve_builtin
-        from plugins.lm.shard_reader import expand_shard_pattern, read_documents
+        from toolkit.data.shards import expand_shard_pattern, read_documents
 
         pattern = self.config.shards
         if is_builtin(pattern):
