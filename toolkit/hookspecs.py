@@ -102,6 +102,21 @@ def register_callbacks(register):
 
 
 @hookspec
+def register_model_importers(register):
+    """Register readers of foreign checkpoint formats: `register(name, importer)`.
+
+    `importer` is an object with the `toolkit.importers.ModelImporter` shape: a `description`
+    string naming the format ("a Hugging Face OpenELM directory"), `recognizes(path) -> bool`
+    (cheap: small metadata files only, False for anything foreign) and `load(path) -> nn.Module`
+    (the model in the toolkit's own implementation, on the CPU in eval mode; `CheckpointError`
+    when the files are in the format but broken). Commands that take a model path
+    (`toolkit-generate --model`, `toolkit-eval --model`) ask the importers before their generic
+    loaders, so a plugin that implements a family natively also serves that family's published
+    checkpoints. A path two importers recognise is refused with both names.
+    """
+
+
+@hookspec
 def register_recipe_dirs(register):
     """Register directories holding recipes: `register(path)`.
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugins.lm.language_model import LanguageModel
+from plugins.lm.loading import load_language_model
 from plugins.lm_eval import gsm
-from plugins.lm_eval.model import LanguageModel, load_language_model
 from plugins.lm_eval.symbolic import (
     ORIGINAL_SET,
     load_symbolic_rows,
@@ -42,8 +43,8 @@ class PerplexityEvaluator(LanguageModelEvaluator):
     """Token-level perplexity over text shards, in non-overlapping windows of the model's context."""
 
     def evaluate(self, model: LanguageModel, context: EvalContext) -> dict[str, Any]:
-        from toolkit.data.cache import cache_root
         from plugins.lm.corpus import is_builtin, resolve_builtin
+        from toolkit.data.cache import cache_root
         from toolkit.data.shards import expand_shard_pattern, read_documents
 
         pattern = self.config.shards
