@@ -3,7 +3,8 @@
 Registers
     evaluator `perplexity`    token-level perplexity over text shards (default: builtin Shakespeare val)
     evaluator `gsm8k`         8-shot chain-of-thought accuracy on the GSM8K test split
-    evaluator `gsm_symbolic`  the same protocol on GSM-Symbolic instance sets, with per-set spread
+
+The `gsm_symbolic` plugin runs the same GSM8K protocol on GSM-Symbolic instance sets.
 
 Models are whatever `--model` names, loaded by the lm plugin (`plugins.lm.loading`) into a handle
 with `score_tokens`, `loglikelihood` and `generate_until`.
