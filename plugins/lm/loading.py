@@ -77,9 +77,11 @@ def _load_imported(path: Path, importer: Component, device: str, tokenizer: str 
 def _check_config_json(config_path: Path) -> None:
     try:
         config = json.loads(config_path.read_text())
-        str(config.get("model_type", ""))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{config_path}: not a readable JSON config ({error})".splitlines()[0]) from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: not a readable JSON config (it holds a {type(config).__name__}, "
+                              "not an object)")
 
 
 def load_language_model(spec: str, device: str, tokenizer: str | None = None) -> LanguageModel | HFLanguageModel:
