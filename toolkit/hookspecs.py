@@ -47,6 +47,10 @@ def register_datasets(register):
     `split` is "train" or "val". The returned object yields ready batches for this rank's
     share of each global batch, and saves/restores its position with `state_dict()` /
     `load_state_dict()` so that a resumed run sees exactly the batches it would have seen.
+    The core provides the plumbing: `toolkit.data.order` (a resumable training order and a
+    validation pass, with `OrderedTrainSource` / `OrderedValidationSource` to build on),
+    `toolkit.data.shards` (shard patterns, reading webdataset shards) and `toolkit.data.cache`
+    (the cache root, content hashes, build-once under a lock).
     """
 
 
@@ -102,6 +106,21 @@ def register_callbacks(register):
 
     Callbacks observe the run (train start, step ends, evaluations, saves, train end); they never
     change the loop. A recipe enables them as a list: `callbacks: [{name: tensorboard, every: 10}]`.
+    """
+
+
+@hookspec
+def register_model_importers(register):
+    """Register readers of foreign checkpoint formats: `register(name, importer)`.
+
+    `importer` is an object with the `toolkit.importers.ModelImporter` shape: a `description`
+    string naming the format ("a Hugging Face OpenELM directory"), `recognizes(path) -> bool`
+    (cheap: small metadata files only, False for anything foreign) and `load(path) -> nn.Module`
+    (the model in the toolkit's own implementation, on the CPU in eval mode; `CheckpointError`
+    when the files are in the format but broken). Commands that take a model path
+    (`toolkit-generate --model`, `toolkit-eval --model`) ask the importers before their generic
+    loaders, so a plugin that implements a family natively also serves that family's published
+    checkpoints. A path two importers recognise is refused with both names.
     """
 
 

@@ -31,6 +31,7 @@ KINDS = (
     "schedulers",
     "evaluators",
     "callbacks",
+    "model_importers",
 )
 
 

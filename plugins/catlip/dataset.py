@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +26,16 @@ from torchvision.transforms import v2
 from plugins.catlip.labels import cached_labels, cached_vocabulary, load_vocabulary
 from plugins.catlip.openmoji import resolve_builtin_images
 from plugins.catlip.shards import ImageReader, ShardIndex, load_index
-from plugins.lm.cache import cache_root
-from plugins.lm.shard_reader import expand_shard_pattern
 from toolkit.data import ShardInfo
-from toolkit.data.order import OrderedTrainSource, ValidationOrder, seeded_torch_rng, training_order
+from toolkit.data.cache import cache_root
+from toolkit.data.order import (
+    OrderedTrainSource,
+    OrderedValidationSource,
+    ValidationOrder,
+    seeded_torch_rng,
+    training_order,
+)
+from toolkit.data.shards import expand_shard_pattern
 from toolkit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -131,7 +137,7 @@ class ImageTextTrainSource(OrderedTrainSource, _ImageTextSource):
             return self._batch(indices, len(indices), self.augment)
 
 
-class ImageTextValSource(_ImageTextSource):
+class ImageTextValSource(OrderedValidationSource, _ImageTextSource):
     """One pass in stored order, resized (no augmentation), split across ranks in equal batch counts.
 
     Rows past the last sample are padding with all-zero images and labels; the task counts only
@@ -143,18 +149,8 @@ class ImageTextValSource(_ImageTextSource):
         self.order = ValidationOrder(self.num_samples, self.config.batch_size, self.shard)
         self.resize = v2.Compose([v2.Resize(self.config.image_size, antialias=True), v2.CenterCrop(self.config.image_size)])
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for indices in self.order:
-            yield self._batch(indices, self.config.batch_size, self.resize)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # every evaluation is a fresh pass
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def validation_batch(self, indices: np.ndarray) -> dict[str, Any]:
+        return self._batch(indices, self.config.batch_size, self.resize)
 
 
 def _patterns(config: ImageTextShardsConfig, cache_dir: Path) -> tuple[str, str]:

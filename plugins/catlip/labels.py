@@ -15,7 +15,7 @@ from pathlib import Path
 
 from plugins.catlip.shards import ShardIndex, shard_identity
 from plugins.catlip.synsets import SynsetMapper, SynsetVocabulary
-from plugins.lm.cache import build_once, hash_file, hash_strings
+from toolkit.data.cache import build_once, hash_file, hash_strings
 from toolkit.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from plugins.catlip.shards import ImageTextSample, write_shards
-from plugins.lm.cache import build_once
+from toolkit.data.cache import build_once
 from toolkit.errors import DataError
 
 BUILTIN_NAME = "builtin:openmoji"

@@ -20,7 +20,7 @@ from typing import Iterable
 
 from PIL import Image, UnidentifiedImageError
 
-from plugins.lm.cache import build_once, hash_strings
+from toolkit.data.cache import build_once, hash_strings
 from toolkit.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

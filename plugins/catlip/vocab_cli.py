@@ -17,9 +17,9 @@ from pathlib import Path
 from plugins.catlip.labels import build_vocabulary, shared_mapper
 from plugins.catlip.openmoji import resolve_builtin_images
 from plugins.catlip.shards import load_index
-from plugins.lm.cache import cache_root
-from plugins.lm.shard_reader import expand_shard_pattern
 from toolkit.cli.common import run_cli
+from toolkit.data.cache import cache_root
+from toolkit.data.shards import expand_shard_pattern
 from toolkit.errors import DataError
 
 

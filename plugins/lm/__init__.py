@@ -6,7 +6,9 @@ Registers
     task    `causal_lm`     next-token prediction; reports tokens, FLOPs and perplexity
 
 and provides the commands `toolkit-tokenizer` (train/inspect a tokenizer) and `toolkit-generate`
-(sample from a trained run), plus `plugins.lm.sampling.generate` for any causal LM.
+(sample from a trained run), `plugins.lm.sampling.generate` for any causal LM, and
+`plugins.lm.loading.load_language_model`, which loads a toolkit run, a path a plugin's model
+importer reads, a Hugging Face causal-LM directory or a GGUF file for inference.
 """
 
 from __future__ import annotations

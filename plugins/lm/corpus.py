@@ -14,10 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import DataError
-
-from plugins.lm.cache import build_once
 from plugins.lm.shard_writer import Document, write_text_shards
+from toolkit.data.cache import build_once
+from toolkit.errors import DataError
 
 BUILTIN_PREFIX = "builtin:"
 SHAKESPEARE_FORMAT_VERSION = 1  # bump when the cleaning or the split changes, to rebuild caches

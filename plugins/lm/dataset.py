@@ -1,6 +1,6 @@
 """The `text_shards` dataset: webdataset text shards -> tokenizer -> packed, rank-sharded batches.
 
-Building it (every rank does, safely; see plugins.lm.cache): resolve the shards (a pattern or
+Building it (every rank does, safely; see toolkit.data.cache): resolve the shards (a pattern or
 `builtin:shakespeare`), train or load the tokenizer, tokenize the split into a cached token file,
 then serve windows of seq_len + 1 tokens in the order plugins.lm.packing defines. Batches are
 {"input_ids": LongTensor [B, S], "labels": LongTensor [B, S]}.
@@ -10,19 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from plugins.lm.cache import cache_root
 from plugins.lm.corpus import is_builtin, resolve_builtin
 from plugins.lm.packing import make_batch, window_count
-from plugins.lm.shard_reader import expand_shard_pattern
 from plugins.lm.token_cache import cached_tokens
 from plugins.lm.tokenizer import Tokenizer, cached_tokenizer, load_tokenizer
 from toolkit.data import ShardInfo
-from toolkit.data.order import BatchLayout, EpochOrder, TrainPosition, ValidationOrder
+from toolkit.data.cache import cache_root
+from toolkit.data.order import (
+    BatchLayout,
+    EpochOrder,
+    OrderedTrainSource,
+    OrderedValidationSource,
+    TrainPosition,
+    ValidationOrder,
+)
+from toolkit.data.shards import expand_shard_pattern
 from toolkit.errors import DataError
 
 
@@ -63,7 +70,7 @@ class _PackedSource:
         return {"tokenizer.model": self.tokenizer.path}
 
 
-class PackedTrainSource(_PackedSource):
+class PackedTrainSource(OrderedTrainSource, _PackedSource):
     """Training batches forever, epoch after epoch; resumable to the exact micro-batch."""
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int, shard: ShardInfo):
@@ -87,38 +94,22 @@ class PackedTrainSource(_PackedSource):
         """This rank's next micro-batch; the position moves past it before it is returned."""
         return make_batch(self.tokens, self.order.next_indices(), self.seq_len)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
-            yield self.next_batch()
-
     def state_dict(self) -> dict[str, Any]:
         state = self.order.state_dict()
         state["num_windows"] = state.pop("num_items")
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order.load_state_dict(state)
 
-
-class PackedValSource(_PackedSource):
+class PackedValSource(OrderedValidationSource, _PackedSource):
     """One pass over every validation window, split across ranks, padded to equal batch counts."""
 
     def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int, batch_size: int, shard: ShardInfo):
         super().__init__(tokens, tokenizer, seq_len, batch_size, shard)
         self.order = ValidationOrder(self.num_windows, batch_size, shard)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for windows in self.order:  # may be short or empty: padded to batch_size rows
-            yield make_batch(self.tokens, windows, self.seq_len, rows=self.batch_size, pad_id=self.tokenizer.eos_id)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # every evaluation is a fresh pass
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def validation_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        # A short or empty last part is padded to batch_size rows, so every rank runs the same shapes.
+        return make_batch(self.tokens, indices, self.seq_len, rows=self.batch_size, pad_id=self.tokenizer.eos_id)
 
 
 def _split_patterns(config: TextShardsConfig, cache_dir: Path) -> tuple[str, str]:

@@ -15,18 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Any
 
 import torch
 
+from plugins.lm.sampling import generate
+from plugins.lm.tokenizer import Tokenizer
 from toolkit.cli.common import run_cli
 from toolkit.errors import DataError
-
-from plugins.lm.sampling import generate
-from plugins.lm.tokenizer import Tokenizer, load_tokenizer
-
-TOKENIZER_FILE = "tokenizer.model"
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -43,19 +38,6 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     return parser.parse_args(argv)
-
-
-def find_tokenizer(run_dir: Path, recipe: dict[str, Any]) -> Tokenizer:
-    """The run's copied tokenizer, else the file the recipe's data section names."""
-    candidates = [run_dir / TOKENIZER_FILE]
-    configured = (recipe.get("data") or {}).get("tokenizer")
-    if configured:
-        candidates.append(Path(configured))
-    for candidate in candidates:
-        if candidate.is_file():
-            return load_tokenizer(candidate)
-    raise DataError(f"{run_dir}: no {TOKENIZER_FILE} in the run directory and the recipe names no tokenizer file",
-                    hint="copy the tokenizer the run was trained with to " + str(run_dir / TOKENIZER_FILE))
 
 
 class TextStream:
@@ -117,10 +99,8 @@ def _generate_hugging_face(language_model, arguments: argparse.Namespace) -> Non
 
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
-    from plugins.lm_eval.model import (  # heavy, so only here
-        LanguageModel,
-        load_language_model,
-    )
+    from plugins.lm.language_model import LanguageModel  # heavy, so only once the arguments parse
+    from plugins.lm.loading import load_language_model
 
     spec = arguments.model or arguments.path
     if not spec or (arguments.model and arguments.path):

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import DataError
-
-from plugins.lm.cache import build_once, hash_file, hash_strings
-from plugins.lm.shard_reader import read_documents
 from plugins.lm.tokenizer import Tokenizer
+from toolkit.data.cache import build_once, hash_file, hash_strings
+from toolkit.data.shards import read_documents
+from toolkit.errors import DataError
 
 TOKEN_FILE_VERSION = 1
 DOCUMENTS_PER_CHUNK = 64  # documents tokenized together (SentencePiece threads over a batch)

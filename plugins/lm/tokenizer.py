@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from toolkit.data.cache import build_once, hash_file
+from toolkit.data.shards import read_documents
 from toolkit.errors import DataError
-
-from plugins.lm.cache import build_once, hash_file
-from plugins.lm.shard_reader import read_documents
 
 TRAINER_VERSION = 1  # part of the cache key: bump when the training options change
 MAX_TRAINING_LINE_BYTES = 16384  # longer lines are cut for training only (SentencePiece's limit)

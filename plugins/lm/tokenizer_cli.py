@@ -10,10 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from toolkit.cli.common import run_cli
-
-from plugins.lm.shard_reader import expand_shard_pattern
 from plugins.lm.tokenizer import load_tokenizer, train_tokenizer
+from toolkit.cli.common import run_cli
+from toolkit.data.shards import expand_shard_pattern
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

@@ -3,15 +3,17 @@
 Registers
     evaluator `perplexity`    token-level perplexity over text shards (default: builtin Shakespeare val)
     evaluator `gsm8k`         8-shot chain-of-thought accuracy on the GSM8K test split
-    evaluator `gsm_symbolic`  the same protocol on GSM-Symbolic instance sets, with per-set spread
 
-Models are toolkit checkpoint or run directories, loaded into a `LanguageModel` handle (model,
-tokenizer, device; `score_tokens`, `loglikelihood`, `generate_until`).
+The `gsm_symbolic` plugin runs the same GSM8K protocol on GSM-Symbolic instance sets.
+
+Models are whatever `--model` names, loaded by the lm plugin (`plugins.lm.loading`) into a handle
+with `score_tokens`, `loglikelihood` and `generate_until`.
 """
 
 from __future__ import annotations
 
-from plugins.lm_eval.model import LanguageModel, load_language_model
+from plugins.lm.language_model import LanguageModel
+from plugins.lm.loading import load_language_model
 from toolkit import hookimpl
 
 __all__ = ["LanguageModel", "load_language_model"]

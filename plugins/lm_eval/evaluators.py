@@ -1,4 +1,8 @@
-"""The evaluators `perplexity`, `gsm8k` and `gsm_symbolic`: configs, factories and scoring loops."""
+"""The evaluators `perplexity` and `gsm8k`: configs, factories and scoring loops.
+
+The GSM8K pieces (`GSMConfig`, `score_problems`, `shot_pool`) are the protocol the `gsm_symbolic`
+plugin's evaluator builds on.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugins.lm.language_model import LanguageModel
+from plugins.lm.loading import load_language_model
 from plugins.lm_eval import gsm
-from plugins.lm_eval.model import LanguageModel, load_language_model
-from plugins.lm_eval.symbolic import (
-    ORIGINAL_SET,
-    load_symbolic_rows,
-    summarize_symbolic,
-    write_accuracy_plot,
-)
 from toolkit.errors import DataError
 from toolkit.evaluation import EvalContext, EvaluationError
 
@@ -42,9 +41,9 @@ class PerplexityEvaluator(LanguageModelEvaluator):
     """Token-level perplexity over text shards, in non-overlapping windows of the model's context."""
 
     def evaluate(self, model: LanguageModel, context: EvalContext) -> dict[str, Any]:
-        from plugins.lm.cache import cache_root
         from plugins.lm.corpus import is_builtin, resolve_builtin
-        from plugins.lm.shard_reader import expand_shard_pattern, read_documents
+        from toolkit.data.cache import cache_root
+        from toolkit.data.shards import expand_shard_pattern, read_documents
 
         pattern = self.config.shards
         if is_builtin(pattern):
@@ -80,16 +79,6 @@ class GSMConfig:
     seed: int = 1234  # draws the shots
     shots_file: str = ""  # JSONL with question/answer; "" -> the GSM8K test split
     max_new_tokens: int = 256
-
-
-@dataclass
-class GSMSymbolicConfig(GSMConfig):
-    data_file: str = ""  # a generated JSONL in the official layout; "" -> generate from templates
-    templates: str = ""  # folder with <variant>/NNNN.json; "" -> the shipped templates
-    variant: str = "symbolic"
-    sets: int = 5  # instance sets (set k = the k-th instance of every template)
-    instance_seed: int = 0
-    original: bool = True  # also score the original questions and report the drop
 
 
 def score_problems(model: LanguageModel, context: EvalContext, config: GSMConfig,
@@ -131,33 +120,10 @@ class GSM8KEvaluator(LanguageModelEvaluator):
         return {"accuracy": correct / len(records), "correct": correct, "total": len(records)}
 
 
-class GSMSymbolicEvaluator(LanguageModelEvaluator):
-    """Accuracy per GSM-Symbolic instance set, its spread, and the drop from the original questions."""
-
-    def evaluate(self, model: LanguageModel, context: EvalContext) -> dict[str, Any]:
-        config = self.config
-        if config.sets < 1:
-            raise EvaluationError(f"gsm_symbolic sets must be >= 1, got {config.sets}")
-        rows = load_symbolic_rows(config, context.limit)
-        scored = [row["question"] for row in rows] + [row["original_question"] for row in rows]
-        shots = gsm.draw_shots(shot_pool(config), config.num_shots, config.seed, exclude=scored)
-        items = [(f"{row['set']}:{row['template']}", row) for row in rows]
-        records = score_problems(model, context, config, items, shots, "gsm_symbolic")
-        metrics = summarize_symbolic(records)
-        plot = write_accuracy_plot(metrics, context.output_dir / "accuracy_distribution.png")
-        if plot is None:
-            context.notes.append("matplotlib is not installed: no accuracy_distribution.png "
-                                 "(pip install matplotlib)")
-        else:
-            metrics["plot"] = plot.name
-        return metrics
-
-
 def register_all(register) -> None:
     register("perplexity", PerplexityEvaluator, config=PerplexityConfig)
     register("gsm8k", GSM8KEvaluator, config=GSMConfig)
-    register("gsm_symbolic", GSMSymbolicEvaluator, config=GSMSymbolicConfig)
 
 
-__all__ = ["ORIGINAL_SET", "GSM8KEvaluator", "GSMConfig", "GSMSymbolicConfig", "GSMSymbolicEvaluator",
-           "PerplexityConfig", "PerplexityEvaluator", "register_all"]
+__all__ = ["GSM8KEvaluator", "GSMConfig", "LanguageModelEvaluator", "PerplexityConfig", "PerplexityEvaluator",
+           "register_all", "score_problems", "shot_pool"]

@@ -1,8 +1,9 @@
 """The OpenELM plugin: the OpenELM model family (generic, CPU-sized, and the four published sizes).
 
 Registers models `openelm` (generic; small defaults), `openelm-tiny`, `openelm-270M`,
-`openelm-450M`, `openelm-1_1B`, `openelm-3B`, and the repository's `recipes/` directory so that
-`toolkit-train openelm/tiny.yaml` finds its recipe.
+`openelm-450M`, `openelm-1_1B`, `openelm-3B`, the model importer `openelm-hf` (Hugging Face OpenELM
+directories, for `--model` in `toolkit-generate` and `toolkit-eval`), and the repository's
+`recipes/` directory so that `toolkit-train openelm/tiny.yaml` finds its recipe.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from plugins.openelm.config import (
     OpenELMConfig,
     make_divisible,
 )
+from plugins.openelm.importer import HFOpenELMImporter
 from plugins.openelm.model import OpenELM
 from toolkit import hookimpl
 
@@ -32,6 +34,11 @@ def build_openelm(config: OpenELMConfig) -> OpenELM:
 def register_models(register):
     for name, config_class in PRESETS.items():
         register(name, build_openelm, config=config_class)
+
+
+@hookimpl
+def register_model_importers(register):
+    register("openelm-hf", HFOpenELMImporter())
 
 
 @hookimpl

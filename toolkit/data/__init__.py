@@ -1,4 +1,9 @@
-"""Data plumbing shared by dataset plugins: rank/worker sharding info and the batch-source contract."""
+"""Data plumbing shared by dataset plugins: the batch-source contract and rank/worker sharding info.
+
+The submodules hold the rest: `cache` (cache root, content hashes, build-once under a lock),
+`shards` (webdataset shard patterns and reading), `order` (resumable training orders, validation
+passes and the sources built on them).
+"""
 
 from toolkit.data.source import BatchSource, ShardInfo
 

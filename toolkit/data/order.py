@@ -8,6 +8,9 @@ items in a global batch depends only on (seed, epoch, g, G): one process with gr
 exactly the items two processes with grad_accum 1 see. Items left over at the end of an epoch
 (fewer than G) are skipped that epoch; the next permutation puts different items there.
 
+`OrderedTrainSource` and `OrderedValidationSource` are the iteration and resume half of a dataset
+built on these orders; a dataset adds how one batch is made from item indices.
+
 Validation: one pass in stored order; global batch k holds items [k*B*world, ...), rank r's part at
 offset r*B, so every rank yields the same number of batches (collectives stay in step) and a
 rank's part of the last one may be short or empty.
@@ -184,3 +187,30 @@ class ValidationOrder:
         for batch_index in range(self.num_batches):
             start = batch_index * self.per_global_batch + self.shard.rank * self.batch_size
             yield np.arange(start, max(start, min(start + self.batch_size, self.num_items)))
+
+
+class OrderedValidationSource(abc.ABC):
+    """A stateless validation source: every iteration is one fresh pass in the order of `self.order`.
+
+    Evaluation always starts from the first batch, so there is no position to save: `state_dict`
+    is empty and `load_state_dict` has nothing to restore.
+    """
+
+    order: ValidationOrder
+
+    @abc.abstractmethod
+    def validation_batch(self, indices: np.ndarray) -> Any:
+        """The batch holding items `indices`; they may be fewer than a batch, or none (pad as needed)."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for indices in self.order:
+            yield self.validation_batch(indices)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import DataError
-
-from plugins.lm.shard_reader import expand_shard_pattern, read_documents, read_samples
 from plugins.lm.shard_writer import Document, collect_documents, split_documents, write_text_shards
+from toolkit.data.shards import expand_shard_pattern, read_documents, read_samples
+from toolkit.errors import DataError
 
 REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "tools" / "build_text_shards.py"

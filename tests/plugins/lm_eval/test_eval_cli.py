@@ -115,7 +115,7 @@ def test_bad_input_is_one_error_line_and_leaves_no_output(workspace, tmp_path, c
 
 
 def test_language_model_scores_and_generates(workspace):
-    from plugins.lm_eval.model import load_language_model
+    from plugins.lm.loading import load_language_model
 
     model = load_language_model(str(workspace / "run"), "cpu")
     ids = model.tokenizer.encode("ROMEO: What light through yonder window breaks? It is the east.")[:20]
@@ -130,7 +130,7 @@ def test_language_model_scores_and_generates(workspace):
 
 def test_generation_without_the_batched_helper_gives_the_same_text(workspace, monkeypatch):
     from plugins.lm import sampling
-    from plugins.lm_eval.model import load_language_model
+    from plugins.lm.loading import load_language_model
 
     model = load_language_model(str(workspace / "run"), "cpu")
     prompts = ["Q: 2 + 2?\nA:", "Q: How many hats does Tom have?\nA: Let's think step by step."]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from plugins.lm_eval import gsm
-from plugins.lm_eval.symbolic import ORIGINAL_SET, summarize_symbolic
+from plugins.gsm_symbolic.report import ORIGINAL_SET, summarize_symbolic
 from toolkit.errors import DataError
 
 POOL = [gsm.Problem(f"Ann has {n} pens and buys {n + 1} more. How many pens does she have?",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from plugins.lm_eval.evaluators import GSMSymbolicConfig, GSMSymbolicEvaluator
+from plugins.gsm_symbolic.evaluator import GSMSymbolicConfig, GSMSymbolicEvaluator
 from toolkit.evaluation import PARTIAL_FILE, RESULTS_FILE, SAMPLES_FILE, run_evaluation
 
 

@@ -1,7 +1,7 @@
 """A third-party toolkit plugin, packaged on its own: an MLP that learns y = sin(3 x0) + x1 / 2.
 
 It registers a model, a dataset and a task through the `toolkit` entry-point group, and touches
-nothing in `toolkit/`. The toolkit's tests install it and train it with `toolkit-train`.
+nothing in `toolkit/`; its dataset takes its resumable order from the core (`toolkit.data.order`). The toolkit's tests install it and train it with `toolkit-train`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from toolkit import hookimpl
+from toolkit.data.order import OrderedTrainSource, OrderedValidationSource, ValidationOrder, training_order
 from toolkit.task import StepOutput
 
 
@@ -40,48 +41,47 @@ class WaveDataConfig:
     in_features: int = 2
 
 
-class WaveData:
-    """Fixed points x in [-1, 1]^F; each epoch visits them in a seeded permutation.
-
-    A global batch is cut into world_size * grad_accum equal slices, so the samples of one
-    optimizer step do not depend on how many ranks share it.
-    """
+class WavePoints:
+    """Fixed points x in [-1, 1]^F and their targets; the val split has other points, a quarter as many."""
 
     def __init__(self, config: WaveDataConfig, split: str, shard) -> None:
-        self.config, self.split, self.shard = config, split, shard
+        self.config, self.shard = config, shard
         generator = np.random.default_rng(1 if split == "val" else 0)
         count = config.num_samples if split == "train" else config.num_samples // 4
         self.inputs = torch.from_numpy(generator.uniform(-1, 1, (count, config.in_features)).astype(np.float32))
         self.targets = torch.sin(3 * self.inputs[:, 0]) + 0.5 * self.inputs[:, 1]
-        self.position = 0  # global batches consumed
 
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.shard.seed, epoch]).permutation(len(self.inputs))
+    def batch(self, indices: np.ndarray) -> dict:
+        chosen = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        return {"inputs": self.inputs[chosen], "targets": self.targets[chosen]}
 
-    def __iter__(self):
-        shard, batch = self.shard, self.config.batch_size
-        if self.split == "val":
-            indices = np.arange(len(self.inputs))[shard.rank :: shard.world_size]
-            for start in range(0, len(indices), batch):
-                chosen = indices[start : start + batch]
-                yield {"inputs": self.inputs[chosen], "targets": self.targets[chosen]}
-            return
-        global_size = batch * shard.world_size * shard.grad_accum
-        per_epoch = len(self.inputs) // global_size
-        while True:
-            epoch, within = divmod(self.position, per_epoch)
-            order = self._order(epoch)[within * global_size : (within + 1) * global_size]
-            self.position += 1
-            for micro in range(shard.grad_accum):
-                slot = micro * shard.world_size + shard.rank
-                chosen = order[slot * batch : (slot + 1) * batch]
-                yield {"inputs": self.inputs[chosen], "targets": self.targets[chosen]}
 
-    def state_dict(self) -> dict:
-        return {"position": self.position}
+class WaveTrain(OrderedTrainSource, WavePoints):
+    """Each epoch visits the points in the core's seeded order, so the samples of one optimizer step do
+    not depend on how many ranks share it, and a resumed run continues at the exact micro-batch."""
 
-    def load_state_dict(self, state: dict) -> None:
-        self.position = int(state["position"])
+    def __init__(self, config: WaveDataConfig, split: str, shard) -> None:
+        super().__init__(config, split, shard)
+        self.order = training_order(len(self.inputs), config.batch_size, shard, "wave",
+                                    hint="raise data.num_samples or lower data.batch_size")
+
+    def next_batch(self) -> dict:
+        return self.batch(self.order.next_indices())
+
+
+class WaveValidation(OrderedValidationSource, WavePoints):
+    """One pass over the validation points, split across ranks."""
+
+    def __init__(self, config: WaveDataConfig, split: str, shard) -> None:
+        super().__init__(config, split, shard)
+        self.order = ValidationOrder(len(self.inputs), config.batch_size, shard)
+
+    def validation_batch(self, indices: np.ndarray) -> dict:
+        return self.batch(indices)
+
+
+def build_wave(config: WaveDataConfig, split: str, shard) -> WavePoints:
+    return WaveTrain(config, split, shard) if split == "train" else WaveValidation(config, split, shard)
 
 
 @dataclass
@@ -115,7 +115,7 @@ def register_models(register):
 
 @hookimpl
 def register_datasets(register):
-    register("wave", WaveData, config=WaveDataConfig)
+    register("wave", build_wave, config=WaveDataConfig)
 
 
 @hookimpl

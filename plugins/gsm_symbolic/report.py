@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from plugins.gsm_symbolic.sampler import generate_rows
+from plugins.gsm_symbolic.template import load_templates
 from toolkit.errors import DataError
 from toolkit.evaluation import write_bytes_atomically
 
@@ -42,9 +44,6 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _generated_rows(config: Any, limit: int | None) -> list[dict[str, Any]]:
-    from plugins.gsm_symbolic.sampler import generate_rows
-    from plugins.gsm_symbolic.template import load_templates
-
     templates = load_templates(config.templates or None, config.variant)[:limit]
     rows = []
     for template in templates:

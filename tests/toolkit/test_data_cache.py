@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from plugins.lm.cache import build_once, cache_root
+from toolkit.data.cache import build_once, cache_root
 
 
 def test_concurrent_builders_build_once(tmp_path):

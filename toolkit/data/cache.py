@@ -1,4 +1,6 @@
-"""The on-disk cache for derived data (built corpora, tokenizers, token files): build once, atomically.
+"""The on-disk cache for derived data (corpora, tokenizers, token files, shard indexes, labels): build once, atomically.
+
+The cache root, content hashes for cache keys, and `build_once`; every dataset plugin uses them.
 
 Every rank of a job builds the same cache entries at the same time. `build_once` makes that safe
 and cheap: the first process to take the entry's lock builds it under a temporary name and renames

@@ -1,4 +1,4 @@
-"""`LanguageModel`: a loaded causal LM with its tokenizer, and the two ways evaluators query it.
+"""`LanguageModel`: a toolkit causal LM loaded for inference with its tokenizer, and how evaluators query it.
 
 `score_tokens` gives the summed next-token NLL of token windows (perplexity); `loglikelihood`
 scores continuations of contexts; `generate_until` decodes greedily until a stop string or EOS.
@@ -7,24 +7,15 @@ Text is given to the model after an end-of-text token, as a document starts in t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.errors import CheckpointError
-
 from plugins.lm import sampling
 from plugins.lm.sampling import generate, max_context_length
-from plugins.lm.tokenizer import load_tokenizer
-from plugins.lm_eval.hf_model import HFLanguageModel, is_gguf, load_hf_language_model
-
-ACCEPTED_MODELS = ("--model takes a toolkit run or checkpoint directory, a Hugging Face model directory "
-                   "(config.json + weights + tokenizer files; OpenELM ones with --tokenizer) or a .gguf file")
 
 GENERATION_CHUNK = 16  # new tokens between stop-string checks
 
@@ -106,58 +97,3 @@ class LanguageModel:
             cut = min([text.index(marker) for marker in stop if marker in text], default=len(text))
             completions.append(text[:cut])
         return completions
-
-
-def _is_toolkit_directory(path: Path) -> bool:
-    """A run directory (recipe.yaml, step-NNNNNN/) or one checkpoint (trainer_state.json).
-
-    Not model.safetensors alone: Hugging Face directories have one too."""
-    markers = ("recipe.yaml", "trainer_state.json")
-    return any((path / marker).is_file() for marker in markers) or any(path.glob("step-*"))
-
-
-def _openelm_with_tokenizer(path: Path, device: str, tokenizer: str | None) -> LanguageModel:
-    """An HF OpenELM directory through the toolkit's own model (KV cache, fast paths)."""
-    from plugins.openelm.convert import import_openelm
-
-    if not tokenizer:
-        raise CheckpointError(f"{path}: Hugging Face OpenELM directories ship no tokenizer",
-                              hint="pass --tokenizer with the LLaMA SentencePiece tokenizer.model it was trained with")
-    model, _ = import_openelm(path)
-    model.eval().to(device)
-    return LanguageModel(model, load_tokenizer(tokenizer), torch.device(device), identity=str(path.resolve()))
-
-
-def load_language_model(spec: str, device: str, tokenizer: str | None = None) -> LanguageModel | HFLanguageModel:
-    """Whatever `--model` names: a toolkit run or checkpoint directory, a Hugging Face OpenELM
-    directory (needs `tokenizer`), any other local Hugging Face causal-LM directory, or a GGUF file."""
-    from plugins.lm.generate_cli import find_tokenizer
-    from toolkit.checkpoint import load_model
-
-    path = Path(spec)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or run directory, model directory or GGUF file",
-                              hint=ACCEPTED_MODELS)
-    if path.is_file():
-        if is_gguf(path):
-            return load_hf_language_model(path, device)
-        raise CheckpointError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)",
-                              hint=ACCEPTED_MODELS)
-    if _is_toolkit_directory(path):
-        loaded = load_model(spec, device=device)
-        found = load_tokenizer(tokenizer) if tokenizer else find_tokenizer(loaded.run_dir, loaded.recipe)
-        model_device = next(iter(loaded.model.parameters()), torch.empty(0)).device
-        return LanguageModel(loaded.model, found, model_device, identity=str(loaded.checkpoint_dir.resolve()))
-    config_path = path / "config.json"
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-            model_type = str(config.get("model_type", "")).lower()
-        except (OSError, json.JSONDecodeError, AttributeError) as error:
-            raise CheckpointError(f"{config_path}: not a readable JSON config ({error})".splitlines()[0]) from error
-        # Apple's configs say model_type "openelm"; exported ones may only carry OpenELM's own keys.
-        if model_type == "openelm" or "num_transformer_layers" in config:
-            return _openelm_with_tokenizer(path, device, tokenizer)
-        return load_hf_language_model(path, device)
-    raise CheckpointError(f"{path}: not a checkpoint: neither a toolkit run or checkpoint directory, a "
-                          "Hugging Face model directory (config.json) nor a GGUF file", hint=ACCEPTED_MODELS)

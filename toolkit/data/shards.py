@@ -1,4 +1,5 @@
-"""Reading text documents from webdataset shards, in a fixed order, refusing damaged shards.
+"""Reading webdataset shards: expanding shard patterns, and samples (or text documents) in stored order,
+refusing damaged shards.
 
 Shards are `.tar` (or gzip-compressed `.tar.gz`) files of samples `<key>.<ext>`; a sample's `.txt`
 member is one document. Samples are grouped by `webdataset.tariterators.group_by_keys`, so keys

@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import assert_one_line_error, run_command
 
-from plugins.lm_eval.hf_model import HFLanguageModel
-from plugins.lm_eval.model import load_language_model
+from plugins.lm.hf_model import HFLanguageModel
+from plugins.lm.loading import load_language_model
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

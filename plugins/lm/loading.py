@@ -1,0 +1,110 @@
+"""Loading a language model for inference from whatever `--model` names.
+
+In order: a toolkit run or checkpoint directory (the toolkit model, its run's tokenizer); a path a
+plugin's model importer recognises (`register_model_importers`: the toolkit's own implementation
+of a published family, so the KV-cache path serves it); a GGUF file or any other local Hugging Face
+causal-LM directory (through transformers, see `plugins.lm.hf_model`). `toolkit-generate` and the
+`lm_eval` evaluators load through here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plugins.lm.hf_model import HFLanguageModel, is_gguf, load_hf_language_model
+from plugins.lm.language_model import LanguageModel
+from plugins.lm.tokenizer import Tokenizer, load_tokenizer
+from toolkit.errors import CheckpointError, DataError
+from toolkit.importers import importer_for
+from toolkit.registry import Component
+
+TOKENIZER_FILE = "tokenizer.model"
+ACCEPTED_MODELS = ("--model takes a toolkit run or checkpoint directory, a Hugging Face model directory "
+                   "(config.json + weights + tokenizer files, or --tokenizer for kinds that ship none) "
+                   "or a .gguf file")
+
+
+def find_tokenizer(run_dir: Path, recipe: dict[str, Any]) -> Tokenizer:
+    """The run's copied tokenizer, else the file the recipe's data section names."""
+    candidates = [run_dir / TOKENIZER_FILE]
+    configured = (recipe.get("data") or {}).get("tokenizer")
+    if configured:
+        candidates.append(Path(configured))
+    for candidate in candidates:
+        if candidate.is_file():
+            return load_tokenizer(candidate)
+    raise DataError(f"{run_dir}: no {TOKENIZER_FILE} in the run directory and the recipe names no tokenizer file",
+                    hint="copy the tokenizer the run was trained with to " + str(run_dir / TOKENIZER_FILE))
+
+
+def _is_toolkit_directory(path: Path) -> bool:
+    """A run directory (recipe.yaml, step-NNNNNN/) or one checkpoint (trainer_state.json).
+
+    Not model.safetensors alone: Hugging Face directories have one too."""
+    markers = ("recipe.yaml", "trainer_state.json")
+    return any((path / marker).is_file() for marker in markers) or any(path.glob("step-*"))
+
+
+def _load_toolkit_run(path: Path, device: str, tokenizer: str | None) -> LanguageModel:
+    from toolkit.checkpoint import load_model
+
+    loaded = load_model(str(path), device=device)
+    found = load_tokenizer(tokenizer) if tokenizer else find_tokenizer(loaded.run_dir, loaded.recipe)
+    model_device = next(iter(loaded.model.parameters()), torch.empty(0)).device
+    return LanguageModel(loaded.model, found, model_device, identity=str(loaded.checkpoint_dir.resolve()))
+
+
+def _load_imported(path: Path, importer: Component, device: str, tokenizer: str | None) -> LanguageModel:
+    """A path a plugin's importer reads, with --tokenizer or a tokenizer.model beside the weights.
+
+    The tokenizer is checked first, so a missing one is reported before any weights are read."""
+    beside = path / TOKENIZER_FILE if path.is_dir() else path.with_name(TOKENIZER_FILE)
+    if not tokenizer and not beside.is_file():
+        raise CheckpointError(
+            f"{path}: read as {importer.factory.description} (importer '{importer.name}' of plugin "
+            f"'{importer.plugin}'); such models ship no tokenizer and there is no {TOKENIZER_FILE} beside them",
+            hint="pass --tokenizer with the SentencePiece tokenizer.model the model was trained with")
+    model = importer.factory.load(path)
+    model.eval().to(device)
+    return LanguageModel(model, load_tokenizer(tokenizer or beside), torch.device(device),
+                         identity=str(path.resolve()))
+
+
+def _check_config_json(config_path: Path) -> None:
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{config_path}: not a readable JSON config ({error})".splitlines()[0]) from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: not a readable JSON config (it holds a {type(config).__name__}, "
+                              "not an object)")
+
+
+def load_language_model(spec: str, device: str, tokenizer: str | None = None) -> LanguageModel | HFLanguageModel:
+    """Whatever `--model` names (see the module docstring), on `device`. `tokenizer` overrides the
+    model's own tokenizer file (toolkit runs, imported models)."""
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory, model directory or GGUF file",
+                              hint=ACCEPTED_MODELS)
+    if path.is_dir() and _is_toolkit_directory(path):
+        return _load_toolkit_run(path, device, tokenizer)
+    config_path = path / "config.json"
+    if config_path.is_file():  # before the importers, which read it too: one clear message if it is broken
+        _check_config_json(config_path)
+    importer = importer_for(path)
+    if importer is not None:
+        return _load_imported(path, importer, device, tokenizer)
+    if path.is_file():
+        if is_gguf(path):
+            return load_hf_language_model(path, device)
+        raise CheckpointError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)",
+                              hint=ACCEPTED_MODELS)
+    if config_path.is_file():
+        return load_hf_language_model(path, device)
+    raise CheckpointError(f"{path}: not a checkpoint: neither a toolkit run or checkpoint directory, a "
+                          "Hugging Face model directory (config.json) nor a GGUF file", hint=ACCEPTED_MODELS)

@@ -1,0 +1,54 @@
+"""The README's "Writing a plugin" snippet runs as written: it defines what it uses, registers through
+the plugin manager, and its model builds (also on the meta device, as dry runs need) and runs."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+
+import pluggy
+import pytest
+import torch
+
+from helpers import REPO
+from toolkit import hookspecs
+from toolkit.plugins import ENTRY_POINT_GROUP, PluginInfo, collect_registries
+
+
+def writing_a_plugin_blocks() -> dict[str, str]:
+    """The fenced code blocks of the README section "Writing a plugin", by language."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Writing a plugin", 1)[1].split("\n## ", 1)[0]
+    return {language: body for language, body in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL)}
+
+
+@pytest.fixture
+def snippet_module():
+    blocks = writing_a_plugin_blocks()
+    module = types.ModuleType("readme_plugin")
+    sys.modules[module.__name__] = module  # dataclasses look their module up while the class is made
+    try:
+        exec(compile(blocks["python"], "README.md (Writing a plugin)", "exec"), module.__dict__)
+        yield module
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_the_entry_point_block_names_the_toolkit_group():
+    assert f"[project.entry-points.{ENTRY_POINT_GROUP}]" in writing_a_plugin_blocks()["toml"]
+
+
+def test_the_python_snippet_registers_a_model_that_builds_and_runs(snippet_module):
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs)
+    manager.register(snippet_module, name="readme")
+    registries = collect_registries(manager, [PluginInfo("readme", "readme_plugin", None, None)])
+    component = registries["models"].get("my-model")
+    assert component.plugin == "readme"
+    config = component.make_config(hidden=8)
+    model = component.factory(config)
+    assert isinstance(model, torch.nn.Module)
+    assert model(torch.zeros(4, config.in_features)).shape[0] == 4
+    with torch.device("meta"):
+        assert component.factory(component.make_config()) is not None
