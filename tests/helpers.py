@@ -21,10 +21,25 @@ def run_command(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """A clean failure: non-zero exit, no traceback, one `error:` line containing the fragments."""
-    assert result.returncode != 0, result.stdout
+    """The clear path for bad input: exit 2 (not 1, which a crash gets), no traceback, and one
+    `error:` line that is not an "internal error" and contains the fragments (what and where)."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1, result.stderr
+    assert "internal error" not in error_lines[0], error_lines[0]
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
+
+
+def assert_nothing_written(before: dict[str, bytes], directory: Path) -> None:
+    """`directory` holds exactly the files (and bytes) of `before`, a `file_contents` snapshot."""
+    assert file_contents(directory) == before
+
+
+def file_contents(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` with its bytes (empty when it does not exist)."""
+    if not directory.exists():
+        return {}
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
+            if path.is_file()}
