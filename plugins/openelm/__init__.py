@@ -1,8 +1,8 @@
 """The OpenELM plugin: the OpenELM model family (generic, CPU-sized, and the four published sizes).
 
 Registers models `openelm` (generic; small defaults), `openelm-tiny`, `openelm-270M`,
-`openelm-450M`, `openelm-1_1B`, `openelm-3B`, and the repository's `recipes/` directory so that
-`toolkit-train openelm/tiny.yaml` finds its recipe.
+`openelm-450M`, `openelm-1_1B`, `openelm-3B`, and its recipes (`recipes/` in this package, shipped
+as package data) under the namespace `openelm`, so that `toolkit-train openelm/tiny.yaml` finds them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from toolkit import hookimpl
 
 __all__ = ["PRESETS", "LayerWidths", "OpenELM", "OpenELMConfig", "build_openelm", "make_divisible"]
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().with_name("recipes")
 
 
 def build_openelm(config: OpenELMConfig) -> OpenELM:
@@ -36,5 +36,4 @@ def register_models(register):
 
 @hookimpl
 def register_recipe_dirs(register):
-    if RECIPES_DIR.is_dir():
-        register(RECIPES_DIR)
+    register(RECIPES_DIR, namespace="openelm")
