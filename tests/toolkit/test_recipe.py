@@ -159,7 +159,8 @@ def test_a_plain_recipe_dir_still_answers_every_name(tmp_path):
 
 def test_each_family_finds_its_recipes_in_its_own_plugin(registries):
     for name, plugin in [("openelm/tiny.yaml", "openelm"), ("catlip/tiny.yaml", "catlip"),
-                         ("clip/tiny.yaml", "clip"), ("transfer/fashion_mnist.yaml", "transfer")]:
+                         ("clip/tiny.yaml", "clip"), ("transfer/fashion_mnist.yaml", "transfer"),
+                         ("distill/tiny.yaml", "distill")]:
         path = find_recipe(name, registries.recipe_dirs)
         assert path.parent.name == "recipes" and path.parent.parent.name == plugin, path
 
