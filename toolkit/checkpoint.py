@@ -30,6 +30,7 @@ from torch import nn
 
 from toolkit.config import build_config
 from toolkit.errors import CheckpointError, RecipeError
+from toolkit.registry import Component
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{6,})$")
 REQUIRED_FILES = ("trainer_state.json", "recipe.yaml")  # and at least one model weights file
@@ -201,6 +202,56 @@ def _pick_model(checkpoint: Path, sections: dict[str, dict[str, Any]], name: str
     return trained[0]
 
 
+@dataclass
+class ModelConfig:
+    """The model a run's recipe names, before it is built: its registered component and typed config."""
+
+    name: str  # "model" for a `model:` section, else its key under `models:`
+    component: Component
+    config: Any  # an instance of component.config_class (None when the model takes no config)
+    checkpoint_dir: Path  # the checkpoint whose recipe.yaml names the model
+
+
+def _chosen_section(checkpoint: Path, recipe: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any]]:
+    """The picked model's name and recipe section (`frozen`, `source` kept, `dtype` dropped)."""
+    sections = model_sections(recipe)
+    if not sections:
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: has no model.name")
+    chosen = _pick_model(checkpoint, sections, name)
+    section = {key: value for key, value in sections[chosen].items() if key != "dtype"}
+    if "name" not in section and not section.get("source"):
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: model '{chosen}' has no name and no source")
+    return chosen, section
+
+
+def _typed_config(checkpoint: Path, chosen: str, section: dict[str, Any], registries) -> tuple[Component, Any]:
+    options = {key: value for key, value in section.items() if key not in ("name", "frozen", "source")}
+    component = registries["models"].get(str(section["name"]))
+    try:
+        config = build_config(component.config_class, options, chosen) if component.config_class else None
+    except RecipeError as error:
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: {error.message}") from error
+    return component, config
+
+
+def model_config(path: str | Path, registries=None, name: str | None = None) -> ModelConfig:
+    """The component and typed config of the model a run or checkpoint names, reading no weights.
+
+    What a plugin needs to build its own model on a run's shape (a new head on a pretrained
+    tower, a dry run on the meta device). `name` picks a model as in `load_model`; a model the
+    recipe takes whole from a `source:` run is described by that run.
+    """
+    from toolkit.plugins import get_registries  # loading plugins is slow: only when asked
+
+    checkpoint = resolve_checkpoint(path)
+    registries = registries or get_registries()
+    chosen, section = _chosen_section(checkpoint, read_recipe(checkpoint), name)
+    if "name" not in section:
+        return model_config(section["source"], registries)
+    component, config = _typed_config(checkpoint, chosen, section, registries)
+    return ModelConfig(chosen, component, config, checkpoint)
+
+
 def load_model(path: str | Path, registries=None, device: str | torch.device = "cpu",
                name: str | None = None) -> LoadedModel:
     """Build the model a checkpoint's recipe names and load its weights.
@@ -213,22 +264,12 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
     checkpoint = resolve_checkpoint(path)
     recipe = read_recipe(checkpoint)
     registries = registries or get_registries()
-    sections = model_sections(recipe)
-    if not sections:
-        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: has no model.name")
-    chosen = _pick_model(checkpoint, sections, name)
-    section = {key: value for key, value in sections[chosen].items() if key not in ("frozen", "source", "dtype")}
-    source, frozen = sections[chosen].get("source", ""), sections[chosen].get("frozen", False)
+    chosen, section = _chosen_section(checkpoint, recipe, name)
+    source, frozen = section.pop("source", ""), section.pop("frozen", False)
     if "name" not in section:
-        if not source:
-            raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: model '{chosen}' has no name and no source")
         model = load_model(source, registries, device).model
     else:
-        component = registries["models"].get(str(section.pop("name")))
-        try:
-            config = build_config(component.config_class, section, chosen) if component.config_class else None
-        except RecipeError as error:
-            raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: {error.message}") from error
+        component, config = _typed_config(checkpoint, chosen, section, registries)
         with torch.device(device):
             model = component.factory(config)
         if frozen and source:

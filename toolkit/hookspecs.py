@@ -126,8 +126,20 @@ def register_model_importers(register):
 
 @hookspec
 def register_recipe_dirs(register):
-    """Register directories holding recipes: `register(path)`.
+    """Register directories holding recipes: `register(path, namespace="")`.
 
-    `base:` references and recipe names given on the command line are looked up there after the
-    current directory.
+    Ship the recipes inside your package (as package data, so a wheel carries them) and register
+    their folder under your family's name::
+
+        @hookimpl
+        def register_recipe_dirs(register):
+            register(Path(__file__).with_name("recipes"), namespace="myfamily")
+
+    `toolkit-train myfamily/small.yaml` then reads `recipes/small.yaml` of your package. A
+    namespace belongs to one plugin (a second plugin claiming it is an error naming both).
+    `register(path)` without a namespace looks every name up in `path` as given.
+
+    Recipe names on the command line and in `base:` are looked up after the current directory
+    (and, for `base:`, the folder of the recipe that names it), so one family's recipe can build
+    on another's: `base: catlip/tiny.yaml`.
     """

@@ -45,12 +45,36 @@ class PluginInfo:
     version: str | None
 
 
+@dataclass(frozen=True)
+class RecipeDir:
+    """A folder of recipes a plugin ships, optionally under a name prefix.
+
+    With `namespace="openelm"`, the recipe name `openelm/tiny.yaml` is the file `path/tiny.yaml`:
+    the plugin keeps its recipes in its own package while users type the family's name.
+    Without a namespace every name is looked up under `path` as given.
+    """
+
+    path: Path
+    namespace: str = ""
+    plugin: str = ""
+
+    def candidate(self, name: str) -> Path | None:
+        """Where `name` would be in this folder, or None when the name is outside its namespace."""
+        if not self.namespace:
+            return self.path / name
+        prefix = f"{self.namespace}/"
+        return self.path / name[len(prefix):] if name.startswith(prefix) else None
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/ -> {self.path}" if self.namespace else str(self.path)
+
+
 @dataclass
 class Registries:
     """Every registry plus the recipe directories plugins contributed."""
 
     kinds: dict[str, Registry]
-    recipe_dirs: list[Path] = field(default_factory=list)
+    recipe_dirs: list[RecipeDir] = field(default_factory=list)
     plugins: list[PluginInfo] = field(default_factory=list)
 
     def __getitem__(self, kind: str) -> Registry:
@@ -112,13 +136,26 @@ def collect_registries(manager: pluggy.PluginManager, infos: list[PluginInfo]) -
 
             _call_hook(implementation, plugin_name, kind, register)
     for implementation in manager.hook.register_recipe_dirs.get_hookimpls():
-        _call_hook(
-            implementation,
-            implementation.plugin_name,
-            "recipe_dirs",
-            lambda path: registries.recipe_dirs.append(Path(path)),
-        )
+        plugin_name = implementation.plugin_name
+
+        def register_dir(path, namespace: str = "", _plugin=plugin_name):
+            _add_recipe_dir(registries.recipe_dirs, RecipeDir(Path(path), str(namespace).strip("/"), _plugin))
+
+        _call_hook(implementation, plugin_name, "recipe_dirs", register_dir)
     return registries
+
+
+def _add_recipe_dir(recipe_dirs: list[RecipeDir], new: RecipeDir) -> None:
+    # A namespace names one family, as a component name names one component: two plugins
+    # claiming it would make `openelm/tiny.yaml` mean whichever loaded first.
+    for existing in recipe_dirs:
+        if new.namespace and existing.namespace == new.namespace and existing.plugin != new.plugin:
+            raise PluginError(
+                f"recipe namespace '{new.namespace}/' is registered by both plugin '{existing.plugin}' "
+                f"({existing.path}) and plugin '{new.plugin}' ({new.path})",
+                hint="a plugin registers its recipes under its own namespace",
+            )
+    recipe_dirs.append(new)
 
 
 def _call_hook(implementation, plugin_name: str, kind: str, register) -> None:

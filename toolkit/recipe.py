@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from toolkit.config import DistConfig, Precision, TrainerConfig, build_config
 from toolkit.errors import RecipeError, RegistryError
-from toolkit.plugins import Registries
+from toolkit.plugins import RecipeDir, Registries
 from toolkit.registry import Component, closest
 
 # section -> (registry kind, required); the model sections are read by _models
@@ -79,11 +79,16 @@ class Recipe:
         return yaml.safe_dump(self.values, sort_keys=False)
 
 
-def find_recipe(name: str, recipe_dirs: list[Path], relative_to: Path | None = None) -> Path:
-    """A recipe path from a file name, trying the given folder, the cwd, then plugins' recipe dirs."""
+def find_recipe(name: str, recipe_dirs: list[RecipeDir], relative_to: Path | None = None) -> Path:
+    """A recipe path from a file name, trying the given folder, the cwd, then plugins' recipe dirs.
+
+    `openelm/tiny.yaml` is found in the folder the openelm plugin registered under `openelm`.
+    """
     candidates = [Path(name)] if relative_to is None else [relative_to / name, Path(name)]
     for directory in recipe_dirs:
-        candidates.append(directory / name)
+        candidate = directory.candidate(name)
+        if candidate is not None:
+            candidates.append(candidate)
     for candidate in list(candidates):
         if candidate.suffix not in (".yaml", ".yml"):
             candidates.append(candidate.with_name(candidate.name + ".yaml"))
@@ -108,7 +113,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return container
 
 
-def _load_with_bases(path: Path, recipe_dirs: list[Path], chain: tuple[Path, ...] = ()) -> Any:
+def _load_with_bases(path: Path, recipe_dirs: list[RecipeDir], chain: tuple[Path, ...] = ()) -> Any:
     resolved = path.resolve()
     if resolved in chain:
         raise RecipeError(f"{path}: 'base:' inheritance loops back on itself")

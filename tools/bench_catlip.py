@@ -5,8 +5,8 @@
 
 Three step functions run interleaved, round after round, on the same pre-made batches (the data
 pipeline is left out; tools/bench_image_pipeline.py measures it):
-  * catlip: the real `Trainer.run_step` of recipes/catlip/tiny.yaml (ViT + synset head + BCE);
-  * clip:   the real `Trainer.run_step` of recipes/clip/tiny.yaml (the same ViT as image tower,
+  * catlip: the real `Trainer.run_step` of catlip/tiny.yaml (ViT + synset head + BCE);
+  * clip:   the real `Trainer.run_step` of clip/tiny.yaml (the same ViT as image tower,
             open_clip's ViT-S-32 text tower, ClipLoss);
   * bare:   a plain PyTorch loop doing catlip's work (same model init, optimizer, schedule, autocast,
             clipping) with nothing else.

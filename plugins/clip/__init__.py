@@ -2,10 +2,13 @@
 
 Registers the models `clip-vit-tiny` and `clip-vit-b16` (CatLIP's ViT as the image tower, open_clip's
 text transformer), the task `contrastive` and the loss `clip` (open_clip's ClipLoss, with its
-cross-rank gather under torchrun). It trains on `image_text_shards` with `labels: none`.
+cross-rank gather under torchrun). It trains on `image_text_shards` with `labels: none`. Its recipe
+`clip/tiny.yaml` (this package's `recipes/`) builds on `catlip/tiny.yaml`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from plugins.clip.model import PRESETS, CLIPConfig, CLIPModel, build_clip
 from plugins.clip.task import (
@@ -17,6 +20,8 @@ from plugins.clip.task import (
     build_contrastive,
 )
 from toolkit import hookimpl
+
+RECIPES_DIR = Path(__file__).resolve().with_name("recipes")  # shipped as package data
 
 __all__ = ["PRESETS", "CLIPConfig", "CLIPModel", "ClipLossConfig", "ClipLossFunction", "ContrastiveConfig",
            "ContrastiveTask", "build_clip", "build_clip_loss", "build_contrastive"]
@@ -36,3 +41,8 @@ def register_tasks(register):
 @hookimpl
 def register_losses(register):
     register("clip", build_clip_loss, config=ClipLossConfig)
+
+
+@hookimpl
+def register_recipe_dirs(register):
+    register(RECIPES_DIR, namespace="clip")

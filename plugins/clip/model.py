@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.catlip.models import PRESETS as CATLIP_PRESETS
-from plugins.catlip.models import CatLIPViT, CatLIPViTConfig
+from plugins.catlip.models import TOWER_SHAPES, CatLIPViT, CatLIPViTConfig, preset_config
 from toolkit.errors import RecipeError
 
 
@@ -37,25 +36,19 @@ def open_clip_text_config(model_name: str) -> dict:
 
 @dataclass
 class CLIPConfig(CatLIPViTConfig):
-    """The `model:` section of a CLIP baseline: CatLIP's image tower fields plus the text side."""
+    """The `model:` section of a CLIP baseline: CatLIP's image tower fields plus the text side.
+
+    The image tower is a CatLIP ViT (the shared `ViTTowerConfig` shape); `head_bias_init` is
+    accepted so that a recipe built on a CatLIP one validates, but the projection ignores it.
+    """
 
     num_classes: int = 384  # here: the joint embedding width (the image head projects to it)
     text_model: str = "ViT-S-32"  # open_clip config whose text tower is used
 
 
-def _preset(catlip_config: type[CatLIPViTConfig], embed_dim: int) -> type[CLIPConfig]:
-    """A CLIPConfig subclass whose image fields default to those of a CatLIP preset."""
-    fields = {name: getattr(catlip_config, name) for name in CatLIPViTConfig.__dataclass_fields__}
-    fields["num_classes"] = embed_dim
-    # Redeclared (annotated) fields, so the dataclass takes these defaults over the inherited ones.
-    namespace = {**fields, "__annotations__": {name: CatLIPViTConfig.__dataclass_fields__[name].type for name in fields}}
-    name = catlip_config.__name__.replace("CatLIP", "CLIP")  # CatLIPViTB16Config -> CLIPViTB16Config
-    return dataclass(type(name, (CLIPConfig,), namespace))
-
-
-PRESETS: dict[str, type[CLIPConfig]] = {
-    "clip-vit-tiny": _preset(CATLIP_PRESETS["catlip-vit-tiny"], 384),
-    "clip-vit-b16": _preset(CATLIP_PRESETS["catlip-vit-b16"], 512),
+PRESETS: dict[str, type[CLIPConfig]] = {  # the image towers of catlip-vit-tiny and catlip-vit-b16
+    "clip-vit-tiny": preset_config(CLIPConfig, "CLIPViTTinyConfig", TOWER_SHAPES["tiny"], num_classes=384),
+    "clip-vit-b16": preset_config(CLIPConfig, "CLIPViTB16Config", TOWER_SHAPES["b16"], num_classes=512),
 }
 
 

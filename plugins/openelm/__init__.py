@@ -2,8 +2,9 @@
 
 Registers models `openelm` (generic; small defaults), `openelm-tiny`, `openelm-270M`,
 `openelm-450M`, `openelm-1_1B`, `openelm-3B`, the model importer `openelm-hf` (Hugging Face OpenELM
-directories, for `--model` in `toolkit-generate` and `toolkit-eval`), and the repository's
-`recipes/` directory so that `toolkit-train openelm/tiny.yaml` finds its recipe.
+directories, for `--model` in `toolkit-generate` and `toolkit-eval`), and its recipes (`recipes/`
+in this package, shipped as package data) under the namespace `openelm`, so that
+`toolkit-train openelm/tiny.yaml` finds them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from toolkit import hookimpl
 
 __all__ = ["PRESETS", "LayerWidths", "OpenELM", "OpenELMConfig", "build_openelm", "make_divisible"]
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().with_name("recipes")
 
 
 def build_openelm(config: OpenELMConfig) -> OpenELM:
@@ -43,5 +44,4 @@ def register_model_importers(register):
 
 @hookimpl
 def register_recipe_dirs(register):
-    if RECIPES_DIR.is_dir():
-        register(RECIPES_DIR)
+    register(RECIPES_DIR, namespace="openelm")

@@ -5,10 +5,12 @@ downstream classes, optionally initialised from the matching synsets' pretrained
 `classification` (cross-entropy, accuracy) and the dataset `fashion_mnist` (Debian's
 `dataset-fashion-mnist` idx files); and the evaluator `linear_probe` (`toolkit-eval linear_probe
 --model RUN`: a converged logistic-regression probe of a tower's frozen features, and Transfer
-Init's zero-shot accuracy).
+Init's zero-shot accuracy); and its recipe `transfer/fashion_mnist.yaml` (this package's `recipes/`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from plugins.transfer.fashion_mnist import (
     CLASS_NAMES,
@@ -23,6 +25,8 @@ from plugins.transfer.task import (
     build_classification,
 )
 from toolkit import hookimpl
+
+RECIPES_DIR = Path(__file__).resolve().with_name("recipes")  # shipped as package data
 
 __all__ = [
     "CLASS_NAMES",
@@ -55,3 +59,8 @@ def register_datasets(register):
 @hookimpl
 def register_evaluators(register):
     register("linear_probe", build_linear_probe, config=LinearProbeConfig)
+
+
+@hookimpl
+def register_recipe_dirs(register):
+    register(RECIPES_DIR, namespace="transfer")

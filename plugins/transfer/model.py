@@ -1,8 +1,10 @@
 """The `transfer-vit` model: a CatLIP ViT tower from a pretraining run with a new downstream head.
 
-`init_from` names a CatLIP run or checkpoint directory: the tower's shape comes from that
-checkpoint's recipe.yaml, its weights from model.safetensors (safetensors, never unpickled), and
-its synset vocabulary from synsets.json (in the checkpoint directory or the run directory above it).
+`init_from` names a CatLIP run or checkpoint directory, read through the public checkpoint API
+(`toolkit.checkpoint`): the tower's shape comes from that checkpoint's recipe.yaml, its weights
+from model.safetensors (safetensors, never unpickled), and its synset vocabulary from synsets.json
+(in the checkpoint directory or the run directory above it). Without `init_from` the tower takes
+the shared `ViTTowerConfig` shape keys of the `model:` section.
 `heads.head` is replaced by Linear(hidden_dim, len(class_names)), initialised by Transfer Init
 (`head: transfer`, see plugins/transfer/transfer_init.py) or left at its random init
 (`head: random`). `freeze_backbone: true` trains the head alone (a linear probe). Under
@@ -15,13 +17,13 @@ import functools
 import json
 import logging
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from plugins.catlip.models import PRESETS, CatLIPViT, CatLIPViTConfig
+from plugins.catlip.models import PRESETS, CatLIPViT, CatLIPViTConfig, ViTTowerConfig
 from plugins.transfer.fashion_mnist import CLASS_NAMES
 from plugins.transfer.transfer_init import (
     apply_transfer_init,
@@ -29,37 +31,26 @@ from plugins.transfer.transfer_init import (
     match_classes,
     report,
 )
-from toolkit.checkpoint import (
-    load_state_strict,
-    load_weights,
-    read_recipe,
-    resolve_checkpoint,
-)
-from toolkit.errors import CheckpointError, RecipeError
+from toolkit.checkpoint import load_weights_into, model_config, resolve_checkpoint
+from toolkit.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 VOCABULARY_FILE = "synsets.json"
-HEAD_KEYS = ("heads.head.weight", "heads.head.bias")
 
 
 @dataclass
-class TransferViTConfig:
-    """The `model:` section for `name: transfer-vit`."""
+class TransferViTConfig(ViTTowerConfig):
+    """The `model:` section for `name: transfer-vit`.
+
+    The inherited tower shape keys (`image_size`, `patch_size`, ...) apply when `init_from` is "";
+    otherwise the pretrained run's recipe gives the shape.
+    """
 
     init_from: str = ""  # CatLIP run or checkpoint directory; "" = train from scratch
     head: str = "transfer"  # "transfer" (Transfer Init) or "random"
     freeze_backbone: bool = False  # true: linear probe (only heads.head trains)
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     wordnet_dir: str = "/usr/share/wordnet"  # Debian WordNet files, used when nltk has no WordNet data
-    # The tower's shape when init_from is "" (otherwise read from the pretrained recipe).
-    image_size: int = 64
-    patch_size: int = 8
-    num_layers: int = 4
-    num_heads: int = 3
-    hidden_dim: int = 192
-    mlp_dim: int = 768
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.head not in ("transfer", "random"):
@@ -83,19 +74,13 @@ class TransferViT(CatLIPViT):
 
 
 def pretrained_config(checkpoint: Path) -> CatLIPViTConfig:
-    """The CatLIP tower config a checkpoint's recipe.yaml names."""
-    from toolkit.recipe import build_config
-
-    recipe_path = checkpoint / "recipe.yaml"
-    section = dict(read_recipe(checkpoint).get("model") or {})
-    name = str(section.pop("name", ""))
+    """The CatLIP tower config a checkpoint's recipe.yaml names (reads no weights)."""
+    described = model_config(checkpoint)
+    name = described.component.name
     if name not in PRESETS:
-        raise CheckpointError(f"{recipe_path}: model.name '{name}' is not a CatLIP ViT ({', '.join(PRESETS)})",
-                              hint="model.init_from must name a CatLIP pretraining run")
-    try:
-        return build_config(PRESETS[name], section, "model")
-    except RecipeError as error:
-        raise CheckpointError(f"{recipe_path}: {error.message}") from error
+        raise CheckpointError(f"{checkpoint / 'recipe.yaml'}: model.name '{name}' is not a CatLIP ViT "
+                              f"({', '.join(PRESETS)})", hint="model.init_from must name a CatLIP pretraining run")
+    return described.config
 
 
 def find_vocabulary(checkpoint: Path) -> Path:
@@ -135,18 +120,14 @@ def build_transfer_vit(config: TransferViTConfig) -> TransferViT:
     if checkpoint is not None:
         tower_config = pretrained_config(checkpoint)
     else:
-        shape = {f.name: getattr(config, f.name) for f in fields(CatLIPViTConfig) if hasattr(config, f.name)}
-        tower_config = CatLIPViTConfig(**shape)
+        tower_config = CatLIPViTConfig(**config.tower_fields())
     model = TransferViT(tower_config)  # head over the pretraining vocabulary, replaced below
-    pretrained_head = None
+    weights_path = None
     if checkpoint is not None and not on_meta:
-        weights_path = checkpoint / "model.safetensors"
-        state = load_weights(weights_path)
-        load_state_strict(model, state, weights_path)
-        pretrained_head = (state[HEAD_KEYS[0]], state[HEAD_KEYS[1]], weights_path)  # [V, D], [V]
+        weights_path = load_weights_into(model, checkpoint)
     head = nn.Linear(tower_config.hidden_dim, len(config.class_names))  # [C, D], [C]; default init
-    if pretrained_head is not None and config.head == "transfer":
-        weight, bias, weights_path = pretrained_head
+    if weights_path is not None and config.head == "transfer":
+        weight, bias = model.heads.head.weight.detach(), model.heads.head.bias.detach()  # [V, D], [V] pretrained
         vocabulary = read_vocabulary(find_vocabulary(checkpoint), weight.shape[0], weights_path)
         matches = match_classes(config.class_names, cached_mapper(config.wordnet_dir), vocabulary)
         apply_transfer_init(head, weight, bias, matches)

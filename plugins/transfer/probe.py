@@ -29,10 +29,10 @@ from torch import nn
 
 from plugins.catlip.models import CatLIPViT
 from plugins.transfer.fashion_mnist import CLASS_NAMES, DEFAULT_ROOT, FashionMNISTConfig, FashionMNISTValSource, load_split
-from plugins.transfer.model import HEAD_KEYS, cached_mapper, find_vocabulary, pretrained_config, read_vocabulary
+from plugins.transfer.model import cached_mapper, find_vocabulary, pretrained_config, read_vocabulary
 from plugins.transfer.transfer_init import ClassMatch, match_classes
+from toolkit.checkpoint import load_weights_into, resolve_checkpoint
 from toolkit.data import ShardInfo
-from toolkit.checkpoint import load_state_strict, load_weights, resolve_checkpoint
 from toolkit.evaluation import EvalContext
 
 
@@ -69,10 +69,7 @@ class ProbedTower:
 @torch.no_grad()
 def tower_features(tower: CatLIPViT, images: torch.Tensor) -> torch.Tensor:
     """images [B, 3, H, W] -> the class token after the encoder's final norm, [B, D] (on the CPU)."""
-    images = images.to(tower.class_token.device)
-    tokens = tower._process_input(images)  # [B, S, D]
-    class_token = tower.class_token.expand(images.shape[0], -1, -1)  # [B, 1, D]
-    return tower.encoder(torch.cat([class_token, tokens], dim=1))[:, 0].float().cpu()  # [B, D]
+    return tower.features(images.to(tower.class_token.device)).float().cpu()  # [B, D]
 
 
 def fit_probe(features: torch.Tensor, targets: torch.Tensor, num_classes: int, l2: float,
@@ -103,14 +100,14 @@ class LinearProbeEvaluator:
 
     def load_model(self, spec: str, device: str) -> ProbedTower:
         checkpoint = resolve_checkpoint(spec)
-        weights_path = checkpoint / "model.safetensors"
         tower_config = pretrained_config(checkpoint)
-        torch.manual_seed(self.config.seed)
-        tower = CatLIPViT(tower_config)
-        state = load_weights(weights_path)
-        weight, bias = state[HEAD_KEYS[0]], state[HEAD_KEYS[1]]  # [V, D], [V]
-        if self.config.tower == "pretrained":
-            load_state_strict(tower, state, weights_path)
+        pretrained = CatLIPViT(tower_config)
+        weights_path = load_weights_into(pretrained, checkpoint)
+        weight, bias = pretrained.heads.head.weight.detach(), pretrained.heads.head.bias.detach()  # [V, D], [V]
+        tower = pretrained
+        if self.config.tower == "random":
+            torch.manual_seed(self.config.seed)
+            tower = CatLIPViT(tower_config)  # the same shape, seeded, never trained
         vocabulary = read_vocabulary(find_vocabulary(checkpoint), weight.shape[0], weights_path)
         matches = match_classes(CLASS_NAMES, cached_mapper(self.config.wordnet_dir), vocabulary)
         identity = f"{checkpoint} tower={self.config.tower}" + (f" seed={self.config.seed}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from toolkit import checkpoint as ckpt
 from toolkit.engine import checkpoint as engine_checkpoint
 from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.errors import CheckpointError
+from toolkit.registry import Registry
 
 
 def content(step: int, model: nn.Module) -> CheckpointContent:
@@ -143,3 +145,37 @@ def test_a_transposed_view_is_not_stored_as_an_alias(tmp_path):
     ckpt.save_weights({"a": square, "a_t": square.t()}, tmp_path / "v.safetensors")
     loaded = ckpt.load_weights(tmp_path / "v.safetensors")
     assert torch.equal(loaded["a_t"], square.t()) and not torch.equal(loaded["a_t"], loaded["a"])
+
+
+@dataclass
+class SmallConfig:
+    width: int = 4
+
+
+def _small_registries() -> dict[str, Registry]:
+    registry = Registry("models")
+    registry.add("small", lambda config: nn.Linear(config.width, 2), SmallConfig, plugin="tests")
+    return {"models": registry}
+
+
+def test_model_config_describes_a_runs_model_without_reading_its_weights(tmp_path):
+    written = content(5, nn.Linear(3, 2))
+    written.recipe_yaml = "model: {name: small, width: 3}\n"
+    checkpoint = save_checkpoint(tmp_path, written, keep_last=1)
+    described = ckpt.model_config(tmp_path, registries=_small_registries())
+    assert (described.name, described.component.name, described.config) == ("model", "small", SmallConfig(width=3))
+    assert described.checkpoint_dir == checkpoint
+    loaded = ckpt.load_model(tmp_path, registries=_small_registries())  # the same config, built and filled
+    assert loaded.model.in_features == 3
+    (checkpoint / "model.safetensors").write_bytes(b"not weights")
+    assert ckpt.model_config(checkpoint, registries=_small_registries()).config == SmallConfig(width=3)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        ckpt.load_model(checkpoint, registries=_small_registries())
+
+
+def test_model_config_names_the_recipe_of_a_bad_model_section(tmp_path):
+    written = content(5, nn.Linear(3, 2))
+    written.recipe_yaml = "model: {name: small, widht: 3}\n"
+    save_checkpoint(tmp_path, written, keep_last=1)
+    with pytest.raises(CheckpointError, match=r"recipe.yaml: .*widht"):
+        ckpt.model_config(tmp_path, registries=_small_registries())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pluggy
 import pytest
 
-from toolkit.errors import RecipeError
-from toolkit.plugins import get_registries
-from toolkit.recipe import load_recipe
+from toolkit import hookimpl, hookspecs
+from toolkit.errors import PluginError, RecipeError
+from toolkit.plugins import RecipeDir, collect_registries, get_registries
+from toolkit.recipe import find_recipe, load_recipe
 
 BASE = """
 model: {name: openelm, num_layers: 2, model_dim: 64}
@@ -137,3 +139,64 @@ def test_models_section_names_trained_and_frozen_models(plugin_env, tmp_path):
         with pytest.raises(RecipeError) as caught:
             load_recipe(str(EXAMPLE_RECIPE), [*overrides, override], get_registries())
         assert fragment in caught.value.message, (override, caught.value.message)
+
+
+def test_a_namespaced_recipe_dir_answers_only_names_under_its_prefix(tmp_path):
+    write(tmp_path, "small.yaml", BASE)
+    family = RecipeDir(tmp_path, namespace="family", plugin="family")
+    assert family.candidate("family/small.yaml") == tmp_path / "small.yaml"
+    assert family.candidate("other/small.yaml") is None and family.candidate("small.yaml") is None
+    assert find_recipe("family/small", [family]) == tmp_path / "small.yaml"
+    with pytest.raises(RecipeError, match="recipe file not found: small.yaml"):
+        find_recipe("small.yaml", [family])
+
+
+def test_a_plain_recipe_dir_still_answers_every_name(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", "small.yaml", BASE)
+    assert find_recipe("sub/small.yaml", [RecipeDir(tmp_path)]) == tmp_path / "sub" / "small.yaml"
+
+
+def test_each_family_finds_its_recipes_in_its_own_plugin(registries):
+    for name, plugin in [("openelm/tiny.yaml", "openelm"), ("catlip/tiny.yaml", "catlip"),
+                         ("clip/tiny.yaml", "clip"), ("transfer/fashion_mnist.yaml", "transfer"),
+                         ("distill/tiny.yaml", "distill")]:
+        path = find_recipe(name, registries.recipe_dirs)
+        assert path.parent.name == "recipes" and path.parent.parent.name == plugin, path
+
+
+def test_base_reaches_into_another_plugins_namespace(registries):
+    """clip/tiny.yaml inherits catlip/tiny.yaml (its data and trainer) across the two plugins."""
+    recipe = load_recipe("clip/tiny.yaml", [], registries)
+    assert recipe.models["model"].component.component.name == "clip-vit-tiny"
+    assert recipe.components["data"].config.top_k == 384 and recipe.trainer.max_steps == 600
+    assert recipe.trainer.out_dir == "runs/clip-tiny"
+
+
+def test_two_plugins_claiming_one_namespace_is_an_error_naming_both(tmp_path):
+    manager = pluggy.PluginManager("toolkit")
+    manager.add_hookspecs(hookspecs)
+
+    class First:
+        @hookimpl
+        def register_recipe_dirs(self, register):
+            register(tmp_path / "a", namespace="family")
+
+    class Second:
+        @hookimpl
+        def register_recipe_dirs(self, register):
+            register(tmp_path / "b", namespace="family")
+
+    class Plain:  # what a third-party plugin written before namespaces does
+        @hookimpl
+        def register_recipe_dirs(self, register):
+            register(tmp_path / "c")
+
+    manager.register(Plain(), name="plain")
+    manager.register(First(), name="first")
+    registries = collect_registries(manager, [])
+    assert registries.recipe_dirs == [RecipeDir(tmp_path / "c", "", "plain"),
+                                      RecipeDir(tmp_path / "a", "family", "first")]
+    manager.register(Second(), name="second")
+    with pytest.raises(PluginError, match="'family/'.*'first'.*'second'|'family/'.*'second'.*'first'"):
+        collect_registries(manager, [])

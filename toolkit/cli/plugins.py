@@ -15,6 +15,8 @@ def describe() -> list[dict]:
     rows = []
     for info in registries.plugins:
         registered = {kind: registries[kind].by_plugin(info.name) for kind in KINDS}
+        # Where `toolkit-train family/name.yaml` looks: the namespace and the folder behind it.
+        registered["recipe_dirs"] = [str(folder) for folder in registries.recipe_dirs if folder.plugin == info.name]
         rows.append({
             "name": info.name,
             "module": info.module,

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_command
 from omegaconf import OmegaConf
 
 from plugins.openelm import RECIPES_DIR
 from plugins.openelm.config import PRESETS
 from toolkit.config import DistConfig, TrainerConfig
 from toolkit.errors import ToolkitError
-from toolkit.plugins import get_registries
+from toolkit.plugins import RecipeDir, get_registries
 from toolkit.recipe import build_config, load_recipe
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,8 +32,15 @@ def test_models_and_recipe_dir_are_registered():
     for name in ("openelm", "openelm-tiny", "openelm-270M", "openelm-450M", "openelm-1_1B", "openelm-3B"):
         assert models.get(name).plugin == "openelm"
         assert models.get(name).config_class is PRESETS[name]
-    assert RECIPES_DIR == REPO / "recipes"
-    assert RECIPES_DIR in registries.recipe_dirs
+    assert RECIPES_DIR == REPO / "plugins" / "openelm" / "recipes"
+    assert RecipeDir(RECIPES_DIR, namespace="openelm", plugin="openelm") in registries.recipe_dirs
+
+
+def test_toolkit_plugins_shows_where_the_recipes_are():
+    result = run_command(["toolkit-plugins", "--json"])
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["openelm"]["registers"]["recipe_dirs"] == [f"openelm/ -> {RECIPES_DIR}"]
 
 
 def test_generic_model_builds_from_the_registry_on_meta():
@@ -44,7 +53,7 @@ def test_generic_model_builds_from_the_registry_on_meta():
 @pytest.mark.parametrize("size", list(PUBLISHED))
 def test_published_recipe_sections(size):
     name, millions, lr, checkpointing, strategy = PUBLISHED[size]
-    values = OmegaConf.to_container(OmegaConf.load(RECIPES_DIR / "openelm" / f"{size}.yaml"), resolve=True)
+    values = OmegaConf.to_container(OmegaConf.load(RECIPES_DIR / f"{size}.yaml"), resolve=True)
     model_values = dict(values["model"])
     assert model_values.pop("name") == name
     config = build_config(PRESETS[name], model_values, "model")

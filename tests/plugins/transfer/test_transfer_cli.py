@@ -7,9 +7,9 @@ import os
 import shutil
 
 import pytest
-from helpers import REPO, assert_one_line_error, run_command
+from helpers import assert_one_line_error, run_command
 
-RECIPE = str(REPO / "recipes" / "catlip" / "transfer_fashion_mnist.yaml")
+RECIPE = "transfer/fashion_mnist.yaml"  # the transfer plugin's recipe
 FASHION_FILE = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
 TINY = ["data.image_size=16", "data.batch_size=8", "data.train_limit=32", "data.val_limit=24",
         "trainer.max_steps=2", "trainer.eval_every=0", "trainer.log_every=1", "trainer.precision=fp32",
