@@ -17,16 +17,21 @@ from toolkit.plugins import ENTRY_POINT_GROUP, PluginInfo, collect_registries
 
 
 def writing_a_plugin_blocks() -> dict[str, str]:
-    """The fenced code blocks of the README section "Writing a plugin", by language."""
+    """The fenced code blocks of the README section "Writing a plugin", by language; blocks of one
+    language are joined in order, as a user pastes them into one file."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Writing a plugin", 1)[1].split("\n## ", 1)[0]
-    return {language: body for language, body in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL)}
+    blocks: dict[str, str] = {}
+    for language, body in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL):
+        blocks[language] = blocks.get(language, "") + body
+    return blocks
 
 
 @pytest.fixture
-def snippet_module():
+def snippet_module(tmp_path):
     blocks = writing_a_plugin_blocks()
     module = types.ModuleType("readme_plugin")
+    module.__file__ = str(tmp_path / "toolkit_plugin.py")  # the recipe-dir snippet finds recipes/ beside it
     sys.modules[module.__name__] = module  # dataclasses look their module up while the class is made
     try:
         exec(compile(blocks["python"], "README.md (Writing a plugin)", "exec"), module.__dict__)
@@ -52,3 +57,12 @@ def test_the_python_snippet_registers_a_model_that_builds_and_runs(snippet_modul
     assert model(torch.zeros(4, config.in_features)).shape[0] == 4
     with torch.device("meta"):
         assert component.factory(component.make_config()) is not None
+
+
+def test_the_recipe_snippet_registers_its_folder_under_the_family_name(snippet_module, tmp_path):
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs)
+    manager.register(snippet_module, name="readme")
+    registries = collect_registries(manager, [PluginInfo("readme", "readme_plugin", None, None)])
+    assert [(d.path, d.namespace) for d in registries.recipe_dirs if d.plugin == "readme"] == [
+        (tmp_path / "recipes", "my_family")]
