@@ -6,7 +6,8 @@ timing interleaved step by step (the order alternates each round) so machine noi
 warmup steps (and compilation, with --compile) are excluded. tokens/s come from the median step
 time and the ratio is the median of the paired ratios, so bursts of load from other processes
 on a shared machine do not decide the result (means are printed too). A training step is: forward, float32
-cross-entropy over all positions (the same code for both), backward, fused AdamW step, zero grads.
+cross-entropy over all positions (the lm plugin's loss, the same code for both), backward, fused AdamW step,
+zero grads.
 OpenELM's Q/K norm is off by default so that both compute exactly the same function (--qk-norm
 turns it on).
 
@@ -121,12 +122,17 @@ def build_engine(args, scratch: str):
 def make_step(model, logits_of, optimizer, batch, targets, precision: str):
     """One training step as a closure: forward, float32 cross-entropy, backward, AdamW, zero grads."""
     import torch
-    import torch.nn.functional as F
+
+    from plugins.lm.loss import CrossEntropyLoss
+
+    # The lm plugin's loss (fp32 logsumexp, no z-loss), the one the engine's task runs too, so the
+    # engine's overhead is the engine's alone.
+    loss_function = CrossEntropyLoss()
 
     def step() -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = logits_of(model, batch)  # [B, S, V]
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss = loss_function(logits, targets)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
