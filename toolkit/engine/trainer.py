@@ -84,8 +84,8 @@ class Trainer:
         self.states = self._checkpoint_states()
         self._ema_target = self.models.trained_modules()
         resume_from = self._find_resume_checkpoint(resume)
-        # Measured before any state is restored: the measurement draws random matrices, which
-        # would otherwise move the restored RNG streams.
+        # Measured before any state is restored (and with a generator of its own), so that the
+        # restored RNG streams are the last thing set before training continues.
         self.peak_flops = self.config.peak_flops or measure_peak_flops(self.context.device, self.config.precision)
         if resume_from is not None:  # restored (and so checked) before the run directory is touched
             load_states(resume_from, self.states)
