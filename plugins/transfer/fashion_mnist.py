@@ -19,10 +19,8 @@ import gzip
 import json
 import math
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +28,13 @@ from torchvision.transforms import v2
 
 from plugins.catlip.dataset import MEAN, STD
 from toolkit.data import ShardInfo
-from toolkit.data.order import OrderedTrainSource, ValidationOrder, seeded_torch_rng, training_order
+from toolkit.data.order import (
+    OrderedTrainSource,
+    OrderedValidationSource,
+    ValidationOrder,
+    seeded_torch_rng,
+    training_order,
+)
 from toolkit.errors import DataError
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -172,25 +176,15 @@ class FashionMNISTTrainSource(OrderedTrainSource, _FashionMNISTSource):
             return self._batch(indices, len(indices), self.augment)
 
 
-class FashionMNISTValSource(_FashionMNISTSource):
+class FashionMNISTValSource(OrderedValidationSource, _FashionMNISTSource):
     """One pass in file order; global batch k holds images [k*B*world, ...), rank r's part at r*B."""
 
     def __init__(self, *arguments, **keywords) -> None:
         super().__init__(*arguments, **keywords)
         self.order = ValidationOrder(self.num_samples, self.config.batch_size, self.shard)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for indices in self.order:
-            yield self._batch(indices, self.config.batch_size)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def validation_batch(self, indices) -> dict[str, torch.Tensor]:
+        return self._batch(indices, self.config.batch_size)
 
 
 def build_fashion_mnist(config: FashionMNISTConfig, split: str, shard: ShardInfo) -> _FashionMNISTSource:
