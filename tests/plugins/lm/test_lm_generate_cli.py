@@ -13,7 +13,6 @@ from torch import nn
 
 import toolkit.plugins
 from toolkit.data import ShardInfo
-from toolkit import checkpoint as ckpt
 from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.registry import Registry
 

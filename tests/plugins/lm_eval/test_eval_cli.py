@@ -17,7 +17,6 @@ from plugins.lm.shard_writer import Document, write_text_shards
 from plugins.lm.tokenizer import cached_tokenizer
 from toolkit.cli.common import run_cli
 from toolkit.cli.eval import main_with_arguments
-from toolkit import checkpoint as ckpt
 from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.evaluation import PARTIAL_FILE, RESULTS_FILE, SAMPLES_FILE
 

@@ -24,7 +24,6 @@ from plugins.openelm.convert import (
     state_to_hf,
 )
 from plugins.openelm.model import OpenELM
-from toolkit import checkpoint as ckpt
 from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.errors import CheckpointError
 
