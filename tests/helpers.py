@@ -31,15 +31,3 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
 
-
-def assert_nothing_written(before: dict[str, bytes], directory: Path) -> None:
-    """`directory` holds exactly the files (and bytes) of `before`, a `file_contents` snapshot."""
-    assert file_contents(directory) == before
-
-
-def file_contents(directory: Path) -> dict[str, bytes]:
-    """Every file under `directory` with its bytes (empty when it does not exist)."""
-    if not directory.exists():
-        return {}
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
-            if path.is_file()}

@@ -42,6 +42,11 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def run_autocast(config: TrainerConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast when the run asks for it (weights and optimizer state stay fp32), else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == Precision.bf16)
+
+
 class StepContext:
     """Services for one optimizer step (or, for a custom loop, one trainer step of several updates).
 
@@ -81,8 +86,7 @@ class StepContext:
             raise TrainingError("the training data ran out; a training dataset must repeat forever") from None
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        enabled = self._config.precision == Precision.bf16
-        return torch.autocast(self._dist.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return run_autocast(self._config, self._dist.device)
 
     # -- gradients --------------------------------------------------------------------------------
 

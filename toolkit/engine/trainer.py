@@ -24,7 +24,7 @@ from toolkit.capabilities import CustomLoop, item_unit, reports_perplexity
 from toolkit.engine import distributed
 from toolkit.engine.callbacks import RunInfo
 from toolkit.engine.checkpoint import write_checkpoint
-from toolkit.engine.loop import StepContext, default_train_step, move_to
+from toolkit.engine.loop import StepContext, default_train_step, move_to, run_autocast
 from toolkit.engine.metrics import MetricsLog, ProgressBar, measure_peak_flops
 from toolkit.engine.state import ModelWeights, OptimizerState, Progress, StateOf, load_states, save_states
 from toolkit.errors import CheckpointError, Interrupted
@@ -129,10 +129,6 @@ class Trainer:
         for name, source in self.parts.run_files.items():
             shutil.copyfile(source, self.run_dir / name)
 
-    def _autocast(self):
-        enabled = self.config.precision == "bf16"
-        return torch.autocast(self.context.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def _run_info(self) -> RunInfo:
         return RunInfo(self.run_dir, self.context.rank, self.context.world_size, self.step,
                        self.config.max_steps, self.item_unit)
@@ -236,7 +232,7 @@ class Trainer:
         for index, batch in enumerate(self.parts.val_data):
             if per_rank and index >= per_rank:
                 break
-            with self._autocast():
+            with run_autocast(self.config, self.context.device):
                 output = self.task.validation_step(models, move_to(batch, device))
             loss_sum += output.loss.double() * output.items
             items += output.items
