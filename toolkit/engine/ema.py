@@ -26,8 +26,8 @@ class ExponentialMovingAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        names = [name for name in model.state_dict() if name in self.shadow]
         current = model.state_dict()
+        names = [name for name in current if name in self.shadow]
         averages = [self.shadow[name] for name in names]
         weights = [current[name].detach().float() for name in names]
         # lerp_(w, 1 - decay): ema + (1 - decay) * (w - ema) = decay * ema + (1 - decay) * w
