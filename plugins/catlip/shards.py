@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from toolkit.data.cache import build_once, hash_strings
 from toolkit.errors import DataError
+from toolkit.files import atomic_writer
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 INDEX_VERSION = "1"
@@ -69,12 +70,11 @@ def write_shards(samples: Iterable[ImageTextSample], out_dir: Path, prefix: str 
 
     def flush() -> None:
         path = out_dir / f"{prefix}-{len(written):06d}.tar"
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with tarfile.open(temporary, "w", format=tarfile.USTAR_FORMAT) as archive:
-            for sample in batch:
-                _add_member(archive, f"{sample.key}.{sample.extension}", sample.image)
-                _add_member(archive, f"{sample.key}.txt", sample.caption.encode("utf-8"))
-        os.replace(temporary, path)
+        with atomic_writer(path, "wb") as stream:
+            with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+                for sample in batch:
+                    _add_member(archive, f"{sample.key}.{sample.extension}", sample.image)
+                    _add_member(archive, f"{sample.key}.txt", sample.caption.encode("utf-8"))
         written.append(path)
         batch.clear()
 

@@ -21,6 +21,7 @@ from toolkit.cli.common import run_cli
 from toolkit.data.cache import cache_root
 from toolkit.data.shards import expand_shard_pattern
 from toolkit.errors import DataError
+from toolkit.files import atomic_path
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -49,12 +50,8 @@ def run(argv: list[str]) -> int:
     captions = [caption for index in indexes for caption in index.captions]
     without = sum(1 for caption in captions if not vocabulary.label_indices(caption, mapper))
     out: Path = arguments.out
-    temporary = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as temporary:  # two runs building the same file never share a temporary
         vocabulary.save(temporary)
-        temporary.replace(out)
-    finally:
-        temporary.unlink(missing_ok=True)
     unreadable = sum(len(index.unreadable) for index in indexes)
     print(f"wrote {out}: {len(vocabulary)} synsets from {len(captions)} captions in {len(indexes)} shard(s); "
           f"{without} captions have no synset in it; {unreadable} unreadable images skipped")

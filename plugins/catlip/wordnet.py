@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 from toolkit.errors import ToolkitError
+from toolkit.files import atomic_directory
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 INSTALL_HINT = (
@@ -73,20 +73,16 @@ def build_from_debian(source: Path, cache_dir: Path) -> Path:
     if (target / "lexnames").is_file():
         return root
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
     try:
-        for item in source.iterdir():
-            if item.is_file():
-                shutil.copyfile(item, staging / item.name)
-        lines = [f"{index:02d}\t{name}\t{pos}" for index, (name, pos) in enumerate(LEXNAMES)]
-        (staging / "lexnames").write_text("\n".join(lines) + "\n")
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process won the race
-            if not (target / "lexnames").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with atomic_directory(target) as staging:
+            for item in source.iterdir():
+                if item.is_file():
+                    shutil.copyfile(item, staging / item.name)
+            lines = [f"{index:02d}\t{name}\t{pos}" for index, (name, pos) in enumerate(LEXNAMES)]
+            (staging / "lexnames").write_text("\n".join(lines) + "\n")
+    except OSError:  # another process won the race (its directory is in place), or a real failure
+        if not (target / "lexnames").is_file():
+            raise
     return root
 
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from plugins.gsm_symbolic.errors import TemplateError
 from plugins.gsm_symbolic.sampler import DEFAULT_MAX_TRIES, VARIANTS, generate_rows
 from plugins.gsm_symbolic.template import load_templates
 from toolkit.cli.common import run_cli
+from toolkit.files import atomic_writer
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -49,15 +48,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def write_jsonl_atomically(path: Path, rows: list[dict]) -> None:
     """Write next to `path`, then rename, so a crash never leaves a half-written data set."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            for row in rows:
-                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as stream:
+        for row in rows:
+            stream.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def run(argv: list[str]) -> int:

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.errors import DataError
+from toolkit.files import atomic_write_text, atomic_writer
 
 TEXT_SUFFIXES = (".txt", ".md")
 SHARD_MEMBER_MTIME = 0  # fixed so identical input gives byte-identical shards
@@ -110,25 +110,18 @@ def _sample_key(index: int, name: str) -> str:
 def _write_one_shard(path: Path, samples: list[tuple[str, Document]]) -> None:
     import webdataset
 
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as stream:
-            writer = webdataset.TarWriter(stream, encoder=False, mtime=SHARD_MEMBER_MTIME)
-            for key, document in samples:
-                metadata = {"source": document.name, "characters": len(document.text)}
-                writer.write(
-                    {
-                        "__key__": key,
-                        "txt": document.text.encode("utf-8"),
-                        "json": json.dumps(metadata, sort_keys=True).encode("utf-8"),
-                    }
-                )
-            writer.close()
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_writer(path, "wb") as stream:  # streamed: a shard is never held whole in memory
+        writer = webdataset.TarWriter(stream, encoder=False, mtime=SHARD_MEMBER_MTIME)
+        for key, document in samples:
+            metadata = {"source": document.name, "characters": len(document.text)}
+            writer.write(
+                {
+                    "__key__": key,
+                    "txt": document.text.encode("utf-8"),
+                    "json": json.dumps(metadata, sort_keys=True).encode("utf-8"),
+                }
+            )
+        writer.close()
 
 
 def write_split_shards(
@@ -192,7 +185,5 @@ def write_text_shards(
         summary.documents[split] = len(members)
         summary.characters[split] = sum(len(document.text) for document in members)
     manifest = out_dir / "manifest.json"
-    temporary = manifest.with_name(f".manifest.json.tmp-{os.getpid()}")
-    temporary.write_text(summary.to_json() + "\n")
-    os.replace(temporary, manifest)
+    atomic_write_text(manifest, summary.to_json() + "\n")
     return summary

@@ -13,6 +13,7 @@ from pathlib import Path
 from plugins.lm.tokenizer import load_tokenizer, train_tokenizer
 from toolkit.cli.common import run_cli
 from toolkit.data.shards import expand_shard_pattern
+from toolkit.files import atomic_path
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -34,12 +35,8 @@ def run(argv: list[str]) -> int:
     if arguments.command == "train":
         shards = expand_shard_pattern(arguments.shards)
         out = Path(arguments.out)
-        temporary = out.with_name(f".{out.name}.tmp")
-        try:
+        with atomic_path(out) as temporary:  # two runs building the same file never share a temporary
             train_tokenizer(shards, arguments.vocab_size, temporary, arguments.model_type, arguments.threads)
-            temporary.replace(out)
-        finally:
-            temporary.unlink(missing_ok=True)
         tokenizer = load_tokenizer(out)
         print(f"wrote {out}: {tokenizer.vocab_size} tokens, trained on {len(shards)} shard(s)")
     else:

@@ -19,8 +19,6 @@ Nothing here unpickles arbitrary objects: `.bin` / `.pt` files go through `torch
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from numbers import Number
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from plugins.openelm.config import (
 from plugins.openelm.model import OpenELM, rope_tables
 from toolkit.checkpoint import load_pickle_free, load_state_strict, load_weights
 from toolkit.errors import CheckpointError
+from toolkit.files import atomic_directory
 
 HF_PREFIX = "transformer."
 HEAD_KEY = "lm_head.weight"
@@ -388,21 +387,11 @@ def write_hf(config: OpenELMConfig, state: dict[str, torch.Tensor], out_dir: str
              for key, tensor in state_to_hf(state, config.tie_embeddings).items()}
     hf_config = config_to_hf(config, _dtype_name(state))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        save_file(state, str(temporary / SAFETENSORS_FILE), metadata={"format": "pt"})
-        (temporary / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-        for file in temporary.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.rename(temporary, out_dir)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+    # An empty `out_dir` (checked above) is replaced by the rename; a non-empty one that appeared
+    # meanwhile makes it fail, leaving that directory as it was.
+    with atomic_directory(out_dir) as staging:
+        save_file(state, str(staging / SAFETENSORS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Callable, Iterable
+
+from toolkit.files import atomic_path
 
 CACHE_ENV_VAR = "TOOLKIT_CACHE"
 
@@ -49,13 +49,6 @@ def hash_strings(parts: Iterable[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """`target` (a file or a directory), built by `build(temporary_path)` if it does not exist yet.
 
@@ -71,14 +64,9 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
         try:
             if target.exists():  # another process built it while we waited
                 return target
-            # Keep the suffix so tools that choose a format by extension (np.save) keep working.
-            temporary = target.with_name(f".{target.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{target.suffix}")
-            try:
+            # The temporary keeps the suffix: tools that choose a format by extension (np.save) work.
+            with atomic_path(target) as temporary:
                 build(temporary)
-                os.replace(temporary, target)
-            finally:
-                if temporary.exists():
-                    _remove(temporary)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target

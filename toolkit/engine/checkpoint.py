@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from toolkit.checkpoint import checkpoint_name, checkpoint_step, list_checkpoints, save_weights
-from toolkit.files import fsync_directory
+from toolkit.files import fsync_directory, fsync_tree
 
 
 def write_file(path: Path, content: Any) -> None:
@@ -62,10 +62,7 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yam
         for name, content in files.items():
             write_file(temporary / name, content)
         (temporary / "recipe.yaml").write_text(recipe_yaml)
-        for file in temporary.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        fsync_directory(temporary)
+        fsync_tree(temporary)
     except BaseException:  # a full disk: leave no half checkpoint behind (a kill leaves one for the next save)
         shutil.rmtree(temporary, ignore_errors=True)
         raise
