@@ -97,6 +97,21 @@ def _generate_hugging_face(language_model, arguments: argparse.Namespace) -> Non
     )
 
 
+def check_vocabulary_sizes(language_model, spec: str) -> None:
+    """Refuse a tokenizer with more pieces than the model has token rows: its ids beyond the
+    model's rows have no embedding, and the text printed would be garbage. Fewer pieces is fine
+    (CoreNet pads embeddings to a multiple of 64): every id the tokenizer makes fits."""
+    with torch.no_grad():
+        probe = torch.zeros((1, 1), dtype=torch.long, device=language_model.device)  # token 0 fits any model
+        model_rows = int(language_model.model(probe).shape[-1])  # [1, 1, V] -> V
+    tokenizer = language_model.tokenizer
+    if tokenizer.vocab_size > model_rows:
+        where = language_model.identity or spec
+        raise DataError(f"tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces but the model in {where} "
+                        f"has {model_rows} token rows",
+                        hint="use the tokenizer the model was trained with (--tokenizer FILE)")
+
+
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     from plugins.lm.language_model import LanguageModel  # heavy, so only once the arguments parse
@@ -112,6 +127,7 @@ def run(argv: list[str]) -> int:
     if not isinstance(language_model, LanguageModel):
         _generate_hugging_face(language_model, arguments)
         return 0
+    check_vocabulary_sizes(language_model, spec)
     tokenizer = language_model.tokenizer
     prompt_ids = [tokenizer.eos_id, *tokenizer.encode(arguments.prompt)]
     model_device = language_model.device

@@ -12,6 +12,7 @@ import yaml
 from torch import nn
 
 import toolkit.plugins
+from toolkit.checkpoint import load_model
 from toolkit.data import ShardInfo
 from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.registry import Registry
@@ -47,13 +48,18 @@ def run_dir(small_corpus, small_tokenizer_path, tmp_path, monkeypatch):
     registries = toolkit.plugins.Registries(kinds={kind: Registry(kind) for kind in toolkit.plugins.KINDS})
     registries["models"].add("bigram", Bigram, BigramConfig, "tests")
     monkeypatch.setattr(toolkit.plugins, "get_registries", lambda refresh=False: registries)
-    recipe = {"model": {"name": "bigram", "vocab_size": 512}, "data": {"name": "text_shards", "vocab_size": 512}}
-    run = tmp_path / "run"
+    return write_run(tmp_path / "run", model, small_tokenizer_path)
+
+
+def write_run(run, model: Bigram, tokenizer_path):
+    """A run directory holding `model` as its step-1 checkpoint and a copy of the tokenizer."""
+    rows = model.table.num_embeddings
+    recipe = {"model": {"name": "bigram", "vocab_size": rows}, "data": {"name": "text_shards", "vocab_size": 512}}
     run.mkdir()
     content = CheckpointContent(step=1, model=model.state_dict(), optimizer={}, scheduler={},
                                      trainer_state={"step": 1}, recipe_yaml=yaml.safe_dump(recipe))
     save_checkpoint(run, content, keep_last=1)
-    shutil.copyfile(small_tokenizer_path, run / "tokenizer.model")  # what the engine does via run_files()
+    shutil.copyfile(tokenizer_path, run / "tokenizer.model")  # what the engine does via run_files()
     return run
 
 
@@ -82,3 +88,30 @@ def test_missing_tokenizer_is_one_error_line(run_dir, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "tokenizer.model" in error and error.count("\n") == 1
+
+
+def test_tokenizer_larger_than_the_model_is_refused_before_any_output(run_dir, small_tokenizer_path, tmp_path, capsys):
+    small_model = Bigram(BigramConfig(vocab_size=300))  # 300 rows; the run's tokenizer has 512 pieces
+    other_run = write_run(tmp_path / "small", small_model, small_tokenizer_path)
+    for spec in (other_run, other_run / "step-000001"):
+        with pytest.raises(SystemExit) as exit_info:
+            generate_cli.main([str(spec), "--prompt", "ROMEO:", "--max-new-tokens", "5"])
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2, captured.err
+        assert captured.out == ""
+        lines = captured.err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: tokenizer "), captured.err
+        for fragment in ("512 pieces", "300 token rows", str(other_run / "tokenizer.model"), "step-000001"):
+            assert fragment in lines[0], lines[0]
+
+
+def test_tokenizer_smaller_than_the_model_is_accepted(run_dir, small_tokenizer_path, tmp_path, capsys):
+    # Rows beyond the tokenizer's pieces, as in CoreNet's padded embeddings: they never win, so the
+    # greedy text is the 512-row model's.
+    padded = Bigram(BigramConfig(vocab_size=576))
+    with torch.no_grad():
+        padded.table.weight.fill_(-1e4)
+        padded.table.weight[:512, :512] = load_model(str(run_dir)).model.table.weight
+    padded_run = write_run(tmp_path / "padded", padded, small_tokenizer_path)
+    arguments = ["--prompt", "ROMEO:", "--max-new-tokens", "20", "--temperature", "0"]
+    assert generate_text(capsys, str(padded_run), *arguments) == generate_text(capsys, str(run_dir), *arguments)
