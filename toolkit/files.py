@@ -19,17 +19,21 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-def default_file_mode() -> int:
-    """0o666 less the process umask: what `open(path, "w")` gives a new file."""
+def current_umask() -> int:
     with contextlib.suppress(OSError, ValueError, IndexError):
         # Linux reports the umask without changing it; the os.umask round trip below briefly
         # sets a different one, which another thread creating a file at that moment would get.
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def default_file_mode() -> int:
+    """0o666 less the process umask: what `open(path, "w")` gives a new file."""
+    return 0o666 & ~current_umask()
 
 
 def fsync_directory(directory: Path) -> None:
@@ -52,6 +56,25 @@ def fsync_tree(root: Path) -> None:
             with open(Path(directory) / name, "rb") as handle:
                 os.fsync(handle.fileno())
         fsync_directory(Path(directory))
+
+
+def give_default_permissions(root: Path) -> None:
+    """Set the permissions `open()` / `mkdir()` would have given every file and directory under
+    `root` (a file or a directory). Libraries that write through a temporary of their own
+    (safetensors does) leave 0600 files; an exported model must be readable like any other file.
+    Files with an execute bit keep it."""
+    mask = current_umask()
+    file_mode, directory_mode = 0o666 & ~mask, 0o777 & ~mask
+    root = Path(root)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            os.chmod(path, directory_mode)
+        else:
+            executable = path.stat().st_mode & 0o100
+            os.chmod(path, directory_mode if executable else file_mode)
 
 
 def remove_path(path: Path) -> None:
@@ -118,6 +141,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     temporary = temporary_sibling(path)
     try:
         yield temporary
+        give_default_permissions(temporary)
         fsync_tree(temporary)
         os.replace(temporary, path)
     except BaseException:

@@ -154,3 +154,26 @@ def test_two_interleaved_directory_writers_do_not_collide(tmp_path):
                 (second / "data").write_text("second")
     assert names(tmp_path) == ["wordnet"]
     assert (target / "data").read_text() == "second"
+
+
+def test_files_a_library_wrote_0600_in_a_staged_directory_get_normal_permissions(tmp_path, umask):
+    umask(0o022)
+    with atomic_directory(tmp_path / "export") as staging:
+        (staging / "model.safetensors").write_bytes(b"weights")
+        os.chmod(staging / "model.safetensors", 0o600)  # what safetensors' own temporary leaves
+        (staging / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(staging / "run.sh", 0o700)
+    assert stat.S_IMODE((tmp_path / "export" / "model.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "export" / "run.sh").stat().st_mode) == 0o755
+
+
+def test_checkpoint_files_get_normal_permissions(tmp_path, umask):
+    import torch
+
+    from toolkit.engine.checkpoint import write_checkpoint
+
+    umask(0o022)
+    final = write_checkpoint(tmp_path, 1, {"model.safetensors": {"w": torch.zeros(2)}, "trainer_state.json": {}},
+                             "model: {}\n", keep_last=0)
+    for path in [final, *final.iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from toolkit.checkpoint import checkpoint_name, checkpoint_step, list_checkpoints, save_weights
-from toolkit.files import fsync_directory, fsync_tree
+from toolkit.files import fsync_directory, fsync_tree, give_default_permissions
 
 
 def write_file(path: Path, content: Any) -> None:
@@ -62,6 +62,7 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yam
         for name, content in files.items():
             write_file(temporary / name, content)
         (temporary / "recipe.yaml").write_text(recipe_yaml)
+        give_default_permissions(temporary)  # safetensors writes its files 0600
         fsync_tree(temporary)
     except BaseException:  # a full disk: leave no half checkpoint behind (a kill leaves one for the next save)
         shutil.rmtree(temporary, ignore_errors=True)

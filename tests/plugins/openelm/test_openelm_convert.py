@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import pickle
 
 import pytest
 import torch
 import yaml
-from helpers import assert_one_line_error, run_command
+from helpers import assert_error_output, assert_one_line_error, assert_unchanged, run_command, snapshot
 from safetensors.torch import load_file, save_file
 
 from plugins.openelm import export_cli
@@ -146,7 +148,7 @@ def test_export_import_round_trip_is_bit_identical(tmp_path, tied):
     run = make_run(tmp_path, model, {"name": "openelm", **TINY, "tie_embeddings": tied})
     out = export_hf(run, tmp_path / "hf")
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     raw = load_file(str(out / "model.safetensors"))
     assert ("lm_head.weight" in raw) is (not tied)
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
@@ -161,8 +163,10 @@ def test_export_refuses_a_non_empty_out_dir_and_a_non_openelm_model(tmp_path, mo
     run = make_run(tmp_path, tiny_model(), {"name": "openelm", **TINY})
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
+    before = snapshot(tmp_path)
     with pytest.raises(CheckpointError, match="not an empty directory"):
         export_hf(run, tmp_path / "taken")
+    assert_unchanged(before, tmp_path)
 
     import toolkit.plugins
     from toolkit.registry import Registry
@@ -266,12 +270,26 @@ def test_cli_exports_bit_identical_weights(tmp_path):
     assert_identical(imported.state_dict(), model.state_dict())
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_exported_files_get_the_permissions_the_umask_gives(tmp_path, mask):
+    run = make_run(tmp_path, tiny_model(), {"name": "openelm", **TINY})
+    saved = os.umask(mask)
+    try:
+        out = export_hf(run, tmp_path / "hf")
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~mask, name
+
+
 def test_cli_refuses_a_directory_that_is_no_checkpoint(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
+    before = snapshot(tmp_path)
     result = run_command(["toolkit-export", "--format", "hf", str(empty), "--out", str(tmp_path / "o")])
     assert_one_line_error(result, str(empty), "not a checkpoint")
-    assert result.returncode == 2 and not (tmp_path / "o").exists()
+    assert_unchanged(before, tmp_path)
 
 
 def export_in_process(capsys, *arguments) -> tuple[int, str]:
@@ -282,14 +300,17 @@ def export_in_process(capsys, *arguments) -> tuple[int, str]:
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     code, err = export_in_process(capsys, "--format", "hf", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
-    assert code == 2 and err.count("error:") == 1 and "no such checkpoint" in err
+    assert_error_output(code, err, "no such checkpoint", str(tmp_path / "nope"))
     run = make_run(tmp_path, tiny_model(), {"name": "openelm", **TINY, "model_dim": 32})  # weights of width 64
+    before = snapshot(tmp_path)
     code, err = export_in_process(capsys, "--format", "hf", str(run), "--out", str(tmp_path / "o"))
-    assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
-    assert "model.safetensors" in err and "has shape" in err
+    assert_error_output(code, err, "model.safetensors", "has shape")
+    assert len(err.splitlines()) == 1
+    assert_unchanged(before, tmp_path)
     (run / "step-000003" / "recipe.yaml").unlink()
+    before = snapshot(tmp_path)
     code, err = export_in_process(capsys, "--format", "hf", str(run), "--out", str(tmp_path / "o"))
-    assert code == 2 and "missing recipe.yaml" in err
+    assert_error_output(code, err, "missing recipe.yaml")
     code, err = export_in_process(capsys, "--format", "gguf", str(run), "--out", str(tmp_path / "o"))
-    assert code == 2 and "invalid choice" in err
-    assert not (tmp_path / "o").exists()
+    assert code == 2 and "invalid choice: 'gguf'" in err and "Traceback" not in err  # argparse's own line
+    assert_unchanged(before, tmp_path)
