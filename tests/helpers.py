@@ -23,11 +23,40 @@ def run_command(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """The clear path for bad input: exit 2 (not 1, which a crash gets), no traceback, and one
     `error:` line that is not an "internal error" and contains the fragments (what and where)."""
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, result.stderr
+    assert_error_output(result.returncode, result.stderr, *fragments)
+
+
+def assert_error_output(code: int | None, stderr: str, *fragments: str) -> None:
+    """`assert_one_line_error` for a CLI run in-process: its exit code and captured stderr."""
+    assert code == 2, (code, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, stderr
     assert "internal error" not in error_lines[0], error_lines[0]
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
 
+
+def snapshot(*roots: Path) -> dict[str, object]:
+    """Everything on disk under `roots`, to compare before and after a command that must write
+    nothing: each path -> ("dir",) or (size, mtime_ns, mode, bytes); an absent root -> None.
+    Hidden files count too, so a leftover temporary shows up."""
+    state: dict[str, object] = {}
+    for root in map(Path, roots):
+        if not root.exists():
+            state[str(root)] = None
+            continue
+        for path in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
+            if path.is_dir():
+                state[str(path)] = ("dir",)
+            else:
+                status = path.stat()
+                state[str(path)] = (status.st_size, status.st_mtime_ns, status.st_mode, path.read_bytes())
+    return state
+
+
+def assert_unchanged(before: dict[str, object], *roots: Path) -> None:
+    """Nothing under `roots` was created, removed or rewritten since `before = snapshot(*roots)`."""
+    after = snapshot(*roots)
+    changed = sorted(key for key in before.keys() | after.keys() if before.get(key, "absent") != after.get(key, "absent"))
+    assert not changed, f"written or removed: {changed[:10]}"

@@ -56,7 +56,9 @@ def test_the_python_snippet_registers_a_model_that_builds_and_runs(snippet_modul
     assert isinstance(model, torch.nn.Module)
     assert model(torch.zeros(4, config.in_features)).shape[0] == 4
     with torch.device("meta"):
-        assert component.factory(component.make_config()) is not None
+        on_meta = component.factory(component.make_config())
+    assert isinstance(on_meta, torch.nn.Module)
+    assert all(parameter.is_meta for parameter in on_meta.parameters()) and list(on_meta.parameters())
 
 
 def test_the_recipe_snippet_registers_its_folder_under_the_family_name(snippet_module, tmp_path):

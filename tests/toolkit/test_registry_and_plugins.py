@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from helpers import EXAMPLE_RECIPE, assert_one_line_error, run_command
-from toolkit.errors import PluginError, RegistryError
+from helpers import EXAMPLE_RECIPE, assert_error_output, assert_one_line_error, run_command
+from toolkit.cli.common import run_cli
+from toolkit.errors import PluginError, RegistryError, ToolkitError
 from toolkit.plugins import get_registries
 from toolkit.registry import Registry
 
@@ -98,5 +99,11 @@ def test_plugin_that_fails_to_import_is_named(tmp_path):
     assert restricted.returncode == 0
 
 
-def test_plugin_error_is_a_toolkit_error():
-    assert issubclass(PluginError, Exception)
+def test_plugin_error_is_a_toolkit_error_and_the_cli_exits_2_with_its_line(capsys):
+    assert issubclass(PluginError, ToolkitError) and PluginError("x").exit_code == 2
+
+    def failing(arguments):
+        raise PluginError("plugin 'broken': cannot import it", hint="reinstall it")
+
+    code = run_cli(failing, [])
+    assert_error_output(code, capsys.readouterr().err, "plugin 'broken': cannot import it", "reinstall it")

@@ -93,7 +93,15 @@ def test_task_step_outputs():
     assert output.sequence_length == 6 and output.flops is None  # the engine counts FLOPs from the raw model
     assert set(output.metrics) == {"ce", "z_loss"} and output.loss.requires_grad
     output.loss.backward()
-    assert model.table.weight.grad is not None
+    # The gradient of cross-entropy + 1e-4 * mean(logsumexp^2), written out (labels are aligned
+    # with input_ids: the data shifts them).
+    reference = TinyLM()
+    reference.load_state_dict(model.state_dict())
+    logits = reference(labels).reshape(-1, reference.table.num_embeddings)  # [B*S, V]
+    expected = F.cross_entropy(logits, labels.reshape(-1)) + 1e-4 * logits.logsumexp(-1).pow(2).mean()
+    expected.backward()
+    torch.testing.assert_close(model.table.weight.grad, reference.table.weight.grad, atol=1e-7, rtol=1e-5)
+    assert model.table.weight.grad.abs().sum() > 0
     labels_with_padding = labels.clone()
     labels_with_padding[1] = -100
     val = task.validation_step(model, {"input_ids": labels, "labels": labels_with_padding})
