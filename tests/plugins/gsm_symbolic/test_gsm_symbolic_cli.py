@@ -8,6 +8,8 @@ from plugins.gsm_symbolic.cli import run
 from plugins.gsm_symbolic.template import load_templates
 from toolkit.cli.common import run_cli
 
+from helpers import assert_error_output, assert_unchanged, snapshot
+
 
 def read_rows(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -35,7 +37,9 @@ def test_generate_original_reproduces_questions(tmp_path):
 
 
 def test_missing_template_folder_is_a_one_line_error(tmp_path, capsys):
-    code = run_cli(run, ["generate", "--templates", str(tmp_path), "--variant", "p1", "--out", str(tmp_path / "x.jsonl")])
-    assert code == 2
-    assert "no such template folder" in capsys.readouterr().err
-    assert not (tmp_path / "x.jsonl").exists()
+    (tmp_path / "kept.jsonl").write_text('{"from": "an earlier run"}\n')
+    before = snapshot(tmp_path)
+    for out in ("x.jsonl", "kept.jsonl"):  # nothing written, nothing overwritten
+        code = run_cli(run, ["generate", "--templates", str(tmp_path), "--variant", "p1", "--out", str(tmp_path / out)])
+        assert_error_output(code, capsys.readouterr().err, "no such template folder", str(tmp_path))
+        assert_unchanged(before, tmp_path)

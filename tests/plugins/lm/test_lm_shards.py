@@ -15,6 +15,8 @@ from plugins.lm.shard_writer import Document, collect_documents, split_documents
 from toolkit.data.shards import expand_shard_pattern, read_documents, read_samples
 from toolkit.errors import DataError
 
+from helpers import assert_one_line_error, assert_unchanged, snapshot
+
 REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "tools" / "build_text_shards.py"
 
@@ -149,8 +151,9 @@ def test_build_tool_in_process_and_error_line(tmp_path, capsys):
     assert "train: 4 documents" in capsys.readouterr().out
     assert (tmp_path / "out" / "val-000000.tar").is_file()
     # A user error is one `error:` line and exit status 2, never a traceback.
+    before = snapshot(tmp_path)
     result = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "missing"), str(tmp_path / "o")],
                             capture_output=True, text=True)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert_one_line_error(result, str(tmp_path / "missing"))
     assert result.stderr.count("\n") == 1
+    assert_unchanged(before, tmp_path)

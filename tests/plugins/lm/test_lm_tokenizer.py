@@ -6,6 +6,8 @@ import pytest
 
 from toolkit.errors import DataError
 
+from helpers import assert_error_output, assert_unchanged, snapshot
+
 from plugins.lm import tokenizer_cli
 from plugins.lm.tokenizer import cached_tokenizer, load_tokenizer
 
@@ -59,8 +61,14 @@ def test_tokenizer_cli_train_and_info(small_corpus, tmp_path, capsys):
     assert code == 0 and load_tokenizer(out, 400).vocab_size == 400
     assert tokenizer_cli.run(["info", str(out)]) == 0
     assert "vocab_size 400" in capsys.readouterr().out
+    before = snapshot(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         tokenizer_cli.main(["train", "--shards", str(tmp_path / "none-*.tar"), "--vocab-size", "300",
                             "--out", str(out)])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: no shard file matches")
+    assert_error_output(exit_info.value.code, capsys.readouterr().err, "no shard file matches", "none-*.tar")
+    assert_unchanged(before, tmp_path)  # the earlier tokenizer is kept as it was
+    with pytest.raises(SystemExit) as exit_info:  # training itself fails: a vocabulary the corpus cannot fill
+        tokenizer_cli.main(["train", "--shards", small_corpus.train_pattern, "--vocab-size", "60000",
+                            "--out", str(out), "--threads", "1"])
+    assert_error_output(exit_info.value.code, capsys.readouterr().err, "60000-token tokenizer")
+    assert_unchanged(before, tmp_path)
