@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, assert_one_line_error, run_command
+from helpers import REPO, assert_one_line_error, assert_unchanged, run_command, snapshot
 from plugins.catlip import labels as labels_module
 from plugins.catlip.dataset import ImageTextShardsConfig, build_image_text_shards
 from plugins.catlip.openmoji import caption_for
@@ -149,7 +149,8 @@ def test_builder_from_folder_and_csv_and_a_bad_row(tmp_path):
     table.write_text("path,caption\nfolder/img0.png,fine\nfolder/missing.png,gone\n")
     result = run_command([sys.executable, tool, "--csv", str(table), "--out", str(tmp_path / "c")])
     assert_one_line_error(result, "pairs.csv, line 3", "missing.png")
-    assert not list((tmp_path / "c").glob("*.tar"))  # the one shard was never completed
+    # The one shard was never completed: no shard and no temporary of one.
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
 
 
 @needs_wordnet
@@ -163,5 +164,7 @@ def test_vocabulary_command(shard_dir, tmp_path):
                                                        "green.n.01", "ball.n.01"}
     assert all(set(entry) == {"synset", "offset", "count", "lemma"} for entry in entries)
     assert "5 captions have no synset" in result.stdout
+    before = snapshot(tmp_path)
     result = run_command(["toolkit-catlip-vocab", "--shards", str(tmp_path / "none-*.tar"), "--out", str(out)])
     assert_one_line_error(result, "none-*.tar")
+    assert_unchanged(before, tmp_path)  # the vocabulary built above is kept as it was

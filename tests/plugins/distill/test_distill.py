@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import REPO, run_command
+from helpers import REPO, assert_one_line_error, run_command
 from plugins.distill.task import DistillConfig, DistillTask
 
 RECIPE = str(REPO / "plugins" / "distill" / "recipes" / "tiny.yaml")
@@ -119,10 +119,7 @@ def test_distillation_trains_the_student_only_and_resumes_exactly_after_sigkill(
 def test_bad_model_layouts_are_one_line_and_write_nothing(teacher_run, tmp_path, overrides, fragments):
     run = tmp_path / "run"
     result = run_command(distill_command(run, teacher_run, *overrides))
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert all(fragment in errors[0] for fragment in fragments), errors[0]
+    assert_one_line_error(result, *fragments)
     assert not run.exists()
 
 

@@ -42,6 +42,7 @@ def test_missing_init_from_is_one_line(tmp_path):
     result = run_command(["toolkit-train", RECIPE, f"model.init_from={missing}", f"trainer.out_dir={tmp_path / 'o'}",
                           *TINY], env=_env(), cwd=tmp_path)
     assert_one_line_error(result, str(missing), "no such checkpoint or run directory")
+    assert not (tmp_path / "o").exists()
 
 
 def test_head_vocabulary_mismatch_is_one_line(pretrained_run, tmp_path):
@@ -52,3 +53,4 @@ def test_head_vocabulary_mismatch_is_one_line(pretrained_run, tmp_path):
     result = run_command(["toolkit-train", RECIPE, f"model.init_from={run}", f"trainer.out_dir={tmp_path / 'o'}",
                           *TINY], env=_env(), cwd=tmp_path)
     assert_one_line_error(result, "model.safetensors", str(run / "synsets.json"), "5 rows", "7 synsets")
+    assert not (tmp_path / "o").exists()

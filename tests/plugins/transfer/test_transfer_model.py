@@ -128,3 +128,29 @@ def test_task_rejects_a_wrong_image_size(pretrained_run):
         ClassificationTask().validation_step(model, {"images": torch.randn(2, 3, 32, 32),
                                                      "targets": torch.tensor([0, 1])})
     assert "set data.image_size to 16" in caught.value.one_line()
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose logits are given: the task's metric is then known exactly."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images):  # [B, 3, H, W] -> [B, C]
+        return self.logits
+
+
+def test_classification_accuracy_is_exact_and_ignores_padding_rows():
+    logits = torch.tensor([[3.0, 0.0, 0.0],  # predicts 0, target 0: right
+                           [0.0, 2.0, 0.0],  # predicts 1, target 1: right
+                           [1.0, 0.0, 0.5],  # predicts 0, target 2: wrong
+                           [0.0, 0.0, 9.0],  # padding row: not counted
+                           [0.0, 1.0, 4.0]])  # predicts 2, target 1: wrong
+    targets = torch.tensor([0, 1, 2, -100, 1])
+    output = ClassificationTask().validation_step(FixedLogits(logits), {"images": torch.zeros(5, 3, 4, 4),
+                                                                        "targets": targets})
+    assert output.items == 4
+    assert float(output.metrics["accuracy"]) == 0.5
+    expected_loss = torch.nn.functional.cross_entropy(logits[[0, 1, 2, 4]], targets[[0, 1, 2, 4]])
+    torch.testing.assert_close(output.loss, expected_loss, atol=1e-6, rtol=1e-6)

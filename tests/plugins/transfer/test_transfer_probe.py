@@ -6,7 +6,7 @@ import json
 import os
 
 import torch
-from helpers import assert_one_line_error, run_command
+from helpers import assert_one_line_error, assert_unchanged, run_command, snapshot
 
 from plugins.transfer.probe import fit_probe
 from tests.plugins.transfer.conftest import write_fashion_root
@@ -36,7 +36,7 @@ def test_toolkit_eval_writes_probe_and_zero_shot_results(pretrained_run, tmp_pat
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     metrics = results["metrics"]
-    assert printed["accuracy"] == metrics["accuracy"] and 0 <= metrics["accuracy"] <= 1
+    assert printed["accuracy"] == metrics["accuracy"]
     assert metrics["train_images"] == 40 and metrics["feature_dim"] == 24
     # The fixture vocabulary holds dress, coat and boot: three classes start from pretrained rows.
     assert metrics["matched_classes"] == ["dress->dress.n.01", "coat->coat.n.01", "ankle boot->boot.n.01"]
@@ -47,6 +47,9 @@ def test_toolkit_eval_writes_probe_and_zero_shot_results(pretrained_run, tmp_pat
     assert [sample["target"] for sample in with_zero_shot] == [3, 4, 9]  # images 3, 4 and 9 of 13
     assert all(sample["zero_shot"] in (3, 4, 9) for sample in with_zero_shot)
     assert metrics["zero_shot_images"] == 3
+    # The scores are exactly the fraction of the per-sample predictions that hit.
+    assert metrics["accuracy"] == sum(sample["predicted"] == sample["target"] for sample in samples) / 13
+    assert metrics["zero_shot_accuracy"] == sum(sample["zero_shot"] == sample["target"] for sample in with_zero_shot) / 3
 
 
 def test_random_tower_is_its_own_model(pretrained_run, tmp_path):
@@ -57,13 +60,16 @@ def test_random_tower_is_its_own_model(pretrained_run, tmp_path):
     identities = [json.loads((tmp_path / name / "results.json").read_text())["model_identity"] for name in "ab"]
     assert identities[0].endswith("tower=pretrained") and identities[1].endswith("tower=random seed=0")
     metrics = json.loads((tmp_path / "b" / "results.json").read_text())["metrics"]
-    assert "zero_shot_accuracy" not in metrics and 0 <= metrics["accuracy"] <= 1
+    samples = [json.loads(line) for line in (tmp_path / "b" / "samples.jsonl").read_text().splitlines()]
+    assert "zero_shot_accuracy" not in metrics
+    assert metrics["accuracy"] == sum(sample["predicted"] == sample["target"] for sample in samples) / len(samples)
 
 
 def test_bad_input_is_one_line_and_writes_nothing(pretrained_run, tmp_path):
     root = write_fashion_root(tmp_path / "fashion")
     missing = tmp_path / "no-such-run"
+    before = snapshot(tmp_path, pretrained_run)  # the inputs are only read, and no output appears
     assert_one_line_error(_probe(missing, root, tmp_path / "out"), str(missing))
     assert_one_line_error(_probe(pretrained_run, root, tmp_path / "out", "tower=imagenet"), "tower")
     assert_one_line_error(_probe(pretrained_run, tmp_path / "empty", tmp_path / "out"), "Fashion-MNIST file not found")
-    assert not (tmp_path / "out").exists()
+    assert_unchanged(before, tmp_path, pretrained_run)
