@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, assert_one_line_error, run_command
+from helpers import REPO, assert_one_line_error, assert_unchanged, run_command, snapshot
 
 sys.path.insert(0, str(REPO / "tools"))
 from lm_corpus_stats import unigram_stats  # noqa: E402
@@ -93,8 +93,13 @@ def test_corrupt_shard_is_named(tmp_path):
                           f"data.val_shards={shard}", f"data.cache_dir={tmp_path / 'cache'}",
                           f"trainer.out_dir={tmp_path / 'run'}"])
     assert_one_line_error(result, str(shard))
+    assert not (tmp_path / "run").exists()
+    assert shard.read_bytes() == b"this is not a tar archive at all" * 40
 
 
 def test_generate_from_a_directory_that_is_not_a_checkpoint(tmp_path):
+    before = snapshot(tmp_path)
     result = run_command(["toolkit-generate", str(tmp_path), "--prompt", "hi"])
-    assert_one_line_error(result, "not a checkpoint")
+    assert_one_line_error(result, "not a checkpoint", str(tmp_path))
+    assert result.stdout == ""
+    assert_unchanged(before, tmp_path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import EXAMPLE_RECIPE, assert_one_line_error, run_command
+from helpers import EXAMPLE_RECIPE, assert_one_line_error, assert_unchanged, run_command, snapshot
 from toolkit.assembly import build_trainer
 from toolkit.errors import TrainingError
 from toolkit.plugins import get_registries
@@ -99,10 +99,16 @@ def test_cli_bad_input_is_one_line(plugin_env, tmp_path, arguments, fragments):
     if arguments[0] == "--resume":
         fragments = ["NOT_A_CHECKPOINT: not a checkpoint"]
     assert_one_line_error(result, *fragments)
+    if arguments[0] != "task.nan_at_step=3":  # that run trains (and saves) until the loss fails
+        assert not (tmp_path / "run").exists()
+        assert not list((tmp_path / "NOT_A_CHECKPOINT").iterdir())
 
 
 def test_cli_missing_recipe(tmp_path):
-    assert_one_line_error(run_command(["toolkit-train", str(tmp_path / "missing.yaml")]), "recipe file not found")
+    before = snapshot(tmp_path)
+    result = run_command(["toolkit-train", str(tmp_path / "missing.yaml")], cwd=tmp_path)
+    assert_one_line_error(result, "recipe file not found", "missing.yaml")
+    assert_unchanged(before, tmp_path)
 
 
 def test_sigkill_then_resume_auto_is_bit_identical(plugin_env, tmp_path):
