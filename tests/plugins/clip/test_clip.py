@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import assert_one_line_error, run_command
+from helpers import assert_one_line_error, assert_unchanged, run_command, snapshot
 
 from plugins.clip.model import PRESETS, build_clip
 from plugins.clip.task import (
@@ -94,9 +94,11 @@ def test_task_tokenises_each_caption_once():
 
 
 def test_unknown_text_model_is_one_clear_line(tmp_path):
+    before = snapshot(tmp_path)
     result = run_command(["toolkit-train", "clip/tiny.yaml", "model.text_model=ViT-Nope", "--dry-run",
-                          f"trainer.out_dir={tmp_path}"])
+                          f"trainer.out_dir={tmp_path / 'run'}"])
     assert_one_line_error(result, "model.text_model", "ViT-Nope")
+    assert_unchanged(before, tmp_path)
 
 
 def test_tiny_recipe_resolves_on_the_catlip_data(tmp_path):

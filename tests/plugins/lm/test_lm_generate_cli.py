@@ -17,6 +17,7 @@ from toolkit.data import ShardInfo
 from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.registry import Registry
 
+from helpers import assert_error_output
 from plugins.lm import generate_cli
 from plugins.lm.dataset import TextShardsConfig, build_text_shards
 
@@ -85,9 +86,9 @@ def test_missing_tokenizer_is_one_error_line(run_dir, capsys):
     (run_dir / "tokenizer.model").unlink()
     with pytest.raises(SystemExit) as exit_info:
         generate_cli.main([str(run_dir), "--prompt", "x"])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err
-    assert error.startswith("error: ") and "tokenizer.model" in error and error.count("\n") == 1
+    captured = capsys.readouterr()
+    assert_error_output(exit_info.value.code, captured.err, "tokenizer.model", str(run_dir))
+    assert captured.err.count("\n") == 1 and captured.out == ""
 
 
 def test_tokenizer_larger_than_the_model_is_refused_before_any_output(run_dir, small_tokenizer_path, tmp_path, capsys):
@@ -97,12 +98,9 @@ def test_tokenizer_larger_than_the_model_is_refused_before_any_output(run_dir, s
         with pytest.raises(SystemExit) as exit_info:
             generate_cli.main([str(spec), "--prompt", "ROMEO:", "--max-new-tokens", "5"])
         captured = capsys.readouterr()
-        assert exit_info.value.code == 2, captured.err
-        assert captured.out == ""
-        lines = captured.err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: tokenizer "), captured.err
-        for fragment in ("512 pieces", "300 token rows", str(other_run / "tokenizer.model"), "step-000001"):
-            assert fragment in lines[0], lines[0]
+        assert_error_output(exit_info.value.code, captured.err, "error: tokenizer ", "512 pieces", "300 token rows",
+                            str(other_run / "tokenizer.model"), "step-000001")
+        assert captured.err.count("\n") == 1 and captured.out == ""
 
 
 def test_tokenizer_smaller_than_the_model_is_accepted(run_dir, small_tokenizer_path, tmp_path, capsys):
