@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -103,3 +104,27 @@ def test_tiny_recipe_resolves_on_the_catlip_data(tmp_path):
     result = run_command(["toolkit-train", "clip/tiny.yaml", "--dry-run", f"trainer.out_dir={tmp_path}"])
     assert result.returncode == 0, result.stderr
     assert "clip-vit-tiny (CLIPModel)" in result.stdout + result.stderr
+
+
+def test_logit_scale_is_clamped_to_100_as_open_clip_does():
+    import math
+
+    torch.manual_seed(3)
+    model = build_clip(PRESETS["clip-vit-tiny"](num_classes=32))
+    images, texts = torch.randn(2, 3, 64, 64), torch.randint(1, 1000, (2, 77))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1000.0))
+    model.eval()
+    _, _, scale = model(images, texts)
+    torch.testing.assert_close(scale, torch.tensor(100.0), rtol=1e-6, atol=0)
+    assert float(model.logit_scale.detach()) == pytest.approx(math.log(1000.0))  # eval mode leaves the parameter
+    model.train()
+    _, _, scale = model(images, texts)
+    torch.testing.assert_close(scale, torch.tensor(100.0), rtol=1e-6, atol=0)
+    assert float(model.logit_scale.detach()) == pytest.approx(math.log(100.0), abs=1e-6)  # the parameter itself, as open_clip
+    scale.backward()  # at the bound the gradient still flows, so the scale can come back down
+    torch.testing.assert_close(model.logit_scale.grad, scale.detach(), rtol=1e-6, atol=0)
+    with torch.no_grad():
+        model.logit_scale.fill_(-1.0)  # open_clip's lower bound: log scale 0, scale 1
+    _, _, scale = model(images, texts)
+    torch.testing.assert_close(scale, torch.tensor(1.0))
