@@ -35,7 +35,7 @@ from toolkit.data.order import (
     seeded_torch_rng,
     training_order,
 )
-from toolkit.data.shards import expand_shard_pattern
+from toolkit.data.shards import DEFAULT_MAX_MEMBER_BYTES, expand_shard_pattern
 from toolkit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -60,12 +60,13 @@ class ImageTextShardsConfig:
     crop_scale_min: float = 0.5  # RandomResizedCrop area range (training only)
     crop_scale_max: float = 1.0
     flip: bool = True  # random horizontal flip (training only)
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # a larger shard member (image, caption) is an error
     cache_dir: str = ""  # "" -> $TOOLKIT_CACHE or ~/.cache/toolkit
 
     def __post_init__(self) -> None:
         if self.labels not in ("synsets", "none"):
             raise ValueError(f"labels must be 'synsets' or 'none', got '{self.labels}'")
-        for name in ("image_size", "batch_size", "min_count"):
+        for name in ("image_size", "batch_size", "min_count", "max_member_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.crop_scale_min <= self.crop_scale_max <= 1:
@@ -163,8 +164,8 @@ def _patterns(config: ImageTextShardsConfig, cache_dir: Path) -> tuple[str, str]
     return train, val
 
 
-def _indexes(pattern: str, cache_dir: Path) -> list[ShardIndex]:
-    return [load_index(path, cache_dir) for path in expand_shard_pattern(pattern)]
+def _indexes(pattern: str, cache_dir: Path, max_member_bytes: int) -> list[ShardIndex]:
+    return [load_index(path, cache_dir, max_member_bytes) for path in expand_shard_pattern(pattern)]
 
 
 def resolve_vocabulary(config: ImageTextShardsConfig, train_indexes: list[ShardIndex], cache_dir: Path) -> Path:
@@ -181,8 +182,8 @@ def build_image_text_shards(config: ImageTextShardsConfig, split: str, shard: Sh
     train_pattern, val_pattern = _patterns(config, cache_dir)
     if split == "val" and not val_pattern:
         return None
-    train_indexes = _indexes(train_pattern, cache_dir)
-    indexes = train_indexes if split == "train" else _indexes(val_pattern, cache_dir)
+    train_indexes = _indexes(train_pattern, cache_dir, config.max_member_bytes)
+    indexes = train_indexes if split == "train" else _indexes(val_pattern, cache_dir, config.max_member_bytes)
     labels, num_classes, vocabulary_path = None, 0, None
     if config.labels == "synsets":
         vocabulary_path = resolve_vocabulary(config, train_indexes, cache_dir)

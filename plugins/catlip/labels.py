@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from plugins.catlip.shards import ShardIndex, shard_identity
-from plugins.catlip.synsets import SynsetMapper, SynsetVocabulary
+from plugins.catlip.synsets import LABELING_VERSION, SynsetMapper, SynsetVocabulary
 from toolkit.data.cache import build_once, hash_file, hash_strings
 from toolkit.errors import DataError
 
@@ -37,7 +37,8 @@ def build_vocabulary(indexes: list[ShardIndex], min_count: int = 1, top_k: int |
 
 def cached_vocabulary(indexes: list[ShardIndex], min_count: int, top_k: int | None, cache_dir: Path) -> Path:
     """The vocabulary JSON of these shards and thresholds, built once into cache_dir/synsets/."""
-    key = hash_strings([*(shard_identity(index.path) for index in indexes), str(min_count), str(top_k)])
+    key = hash_strings([*(shard_identity(index.path) for index in indexes), str(min_count), str(top_k),
+                        f"labeling-{LABELING_VERSION}"])
     target = cache_dir / "synsets" / f"vocabulary-{key}.json"
 
     def build(temporary: Path) -> None:
@@ -58,7 +59,8 @@ def vocabulary_key(path: Path) -> str:
 def cached_labels(index: ShardIndex, vocabulary: SynsetVocabulary, vocabulary_path: Path,
                   cache_dir: Path) -> list[list[int]]:
     """Class indices of every sample of the shard (empty list: no synset in the caption)."""
-    target = cache_dir / "labels" / f"{index.path.stem}-{shard_identity(index.path)}-{vocabulary_key(vocabulary_path)}.json"
+    name = f"{index.path.stem}-{shard_identity(index.path)}-{vocabulary_key(vocabulary_path)}-l{LABELING_VERSION}.json"
+    target = cache_dir / "labels" / name  # the labeling version: a user's vocabulary file may outlive a procedure change
 
     def build(temporary: Path) -> None:
         mapper = shared_mapper()

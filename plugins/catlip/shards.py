@@ -21,6 +21,7 @@ from typing import Iterable
 from PIL import Image, UnidentifiedImageError
 
 from toolkit.data.cache import build_once, hash_strings
+from toolkit.data.shards import DEFAULT_MAX_MEMBER_BYTES, member_too_large
 from toolkit.errors import DataError
 from toolkit.files import atomic_writer
 
@@ -109,8 +110,10 @@ def decode_rgb(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def _scan(path: Path) -> ShardIndex:
-    """Read a shard once: image offsets, captions, and images that fail to decode."""
+def _scan(path: Path, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> ShardIndex:
+    """Read a shard once: image offsets, captions, and images that fail to decode.
+
+    A member over `max_member_bytes` is refused from its header, before it is read."""
     images: dict[str, tuple[int, int]] = {}
     captions: dict[str, str] = {}
     order: list[str] = []
@@ -119,6 +122,8 @@ def _scan(path: Path) -> ShardIndex:
             for member in archive:
                 if not member.isreg():
                     continue
+                if member.size > max_member_bytes:  # images are read whole too (pread, decode)
+                    raise member_too_large(path, member.name, member.size, max_member_bytes)
                 name = member.name.rsplit("/", 1)[-1]
                 key, _, extension = name.partition(".")
                 if key not in images and key not in captions:
@@ -150,8 +155,9 @@ def _scan(path: Path) -> ShardIndex:
     return index
 
 
-def load_index(path: Path, cache_dir: Path) -> ShardIndex:
-    """The shard's index, built on first use and cached under cache_dir/image_index/."""
+def load_index(path: Path, cache_dir: Path, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> ShardIndex:
+    """The shard's index, built on first use and cached under cache_dir/image_index/; no image
+    of it may exceed `max_member_bytes` (also checked on a cached index built under a larger cap)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: shard file not found")
@@ -159,7 +165,7 @@ def load_index(path: Path, cache_dir: Path) -> ShardIndex:
 
     def build(temporary: Path) -> None:
         started = time.perf_counter()
-        index = _scan(path)
+        index = _scan(path, max_member_bytes)
         temporary.write_text(json.dumps({
             "keys": index.keys, "offsets": index.offsets, "sizes": index.sizes, "captions": index.captions,
             "unreadable": index.unreadable, "no_image": index.no_image,
@@ -173,6 +179,9 @@ def load_index(path: Path, cache_dir: Path) -> ShardIndex:
         raise DataError(f"{built}: unreadable shard index ({error})", hint="delete it to rebuild") from error
     index = ShardIndex(path, stored["keys"], stored["offsets"], stored["sizes"], stored["captions"],
                        stored["unreadable"], stored["no_image"])
+    for key, size in zip(index.keys, index.sizes):
+        if size > max_member_bytes:
+            raise member_too_large(path, f"{key} (image)", size, max_member_bytes)
     if index.unreadable:
         shown = ", ".join(index.unreadable[:5]) + (" ..." if len(index.unreadable) > 5 else "")
         logger.warning("%s: skipped %d unreadable image(s): %s", path, len(index.unreadable), shown)

@@ -1,7 +1,12 @@
 """Captions -> WordNet synsets -> a frequency vocabulary -> multi-hot labels (CatLIP's labels).
 
-A word is lowercased, lemmatised as a noun (`morphy`), and kept if `lemma.n.01` exists and is
-named exactly so (no POS filter, as in CatLIP). Lookups are memoised per word.
+A word is lowercased and lemmatised as CoreNet's CatLIP labelling does it (nltk's
+`WordNetLemmatizer().lemmatize(word)`: part of speech noun, the shortest of all the base forms
+WordNet's morphology finds, the word itself when there is none), and kept if `lemma.n.01` exists
+and is named exactly so (no POS filter, as in CatLIP); a word with no such synset gives no label.
+Taking the shortest form matters: `morphy` alone returns the first candidate, which keeps a plural
+that is itself a lemma ("hands" -> hands.n.01, guardianship) where CatLIP gets hand.n.01.
+Lookups are memoised per word.
 """
 
 from __future__ import annotations
@@ -17,6 +22,16 @@ import torch
 from toolkit.errors import DataError
 
 _WORD = re.compile(r"[a-z]+")
+# Bump when the caption -> synset procedure changes: cached vocabularies and mined labels carry it
+# in their cache key, so files built by an older procedure are never reused.
+LABELING_VERSION = "2"
+
+
+def lemmatize_noun(wordnet, word: str) -> str:
+    """The base form nltk's `WordNetLemmatizer.lemmatize(word)` gives (pos "n"): the shortest
+    candidate of WordNet's morphology (the first one among equally short), else the word."""
+    candidates = wordnet._morphy(word, "n")  # every base form, exceptions list included
+    return min(candidates, key=len) if candidates else word
 
 
 class SynsetMapper:
@@ -29,7 +44,7 @@ class SynsetMapper:
     def lookup(self, word: str) -> tuple[str, int, str] | None:
         """(synset name, offset, lemma) for a word, or None."""
         if word not in self._memo:
-            lemma = self.wordnet.morphy(word, "n") or word
+            lemma = lemmatize_noun(self.wordnet, word)
             name = f"{lemma}.n.01"
             found = None
             try:

@@ -4,7 +4,8 @@ The image tower is exactly the CatLIP model of the same name (`clip-vit-tiny` <-
 tiny`) with its classification head used as the projection into the joint embedding, so the two
 methods differ only in what follows the image features. The text tower is open_clip's
 `TextTransformer` built from the `text_cfg` of an open_clip model config (default ViT-S-32: width
-384, 6 heads, 12 layers, 77 tokens). The logit scale is learnt, starting at 1/0.07 as in CLIP.
+384, 6 heads, 12 layers, 77 tokens). The logit scale is learnt, starting at 1/0.07 as in CLIP,
+and kept in [1, 100] as open_clip keeps it (its log clamped to [0, ln 100], see `CLIPModel.forward`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 
 from plugins.catlip.models import TOWER_SHAPES, CatLIPViT, CatLIPViTConfig, preset_config
 from toolkit.errors import RecipeError
+
+LOG_SCALE_MAX = math.log(100)  # CLIP's bound on the logit scale (open_clip: 4.6052)
 
 
 def open_clip_text_config(model_name: str) -> dict:
@@ -79,6 +82,14 @@ class CLIPModel(nn.Module):
     def forward(self, images: torch.Tensor, texts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image_features = F.normalize(self.image_tower(images), dim=-1)  # [B, E]
         text_features = F.normalize(self.text_tower(texts), dim=-1)  # [B, E]
+        if not self.training:  # no step to follow: bound the returned value, leave the parameter
+            return image_features, text_features, self.logit_scale.clamp(0, LOG_SCALE_MAX).exp()
+        # open_clip clamps the parameter itself to [0, ln 100] after every optimizer step; clamping
+        # it before the next forward gives the same sequence of values. The parameter is then in
+        # range, so it is used unclamped: a clamp op would zero or halve its gradient at the bound.
+        # (Under FSDP this clamps the gathered copy, which still bounds this forward's scale.)
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, LOG_SCALE_MAX)
         return image_features, text_features, self.logit_scale.exp()
 
     def fsdp_units(self) -> list[nn.Module]:

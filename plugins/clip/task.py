@@ -5,6 +5,12 @@ every epoch) and hands the model's normalised features to the loss. The loss is 
 `ClipLoss`; under `torchrun` it gathers features from every rank, with `local_loss` (each rank
 scores its own rows against all columns) and `gather_with_grad` (gradients flow back through the
 gather) as open_clip trains at scale.
+
+Validation ranks can hold different numbers of real rows (the last batch of the split is short, and
+a rank may hold none), which `ClipLoss`'s all-gather cannot take. So a validation step always runs
+the model on the full padded batch (model forwards are collectives under DDP and FSDP too),
+gathers the real rows of every rank with `all_gather_rows`, and scores that whole batch as one
+process would; the engine's item-weighted mean over ranks then gives exactly that loss.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from toolkit.engine.distributed import all_gather_rows
 from toolkit.task import StepOutput
 
 
@@ -33,6 +40,7 @@ class ClipLossFunction:
     def __init__(self, config: ClipLossConfig | None = None) -> None:
         self.config = config or ClipLossConfig()
         self._loss = None
+        self._whole_batch_loss = None
 
     def __call__(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor):
         if self._loss is None:
@@ -44,6 +52,14 @@ class ClipLossFunction:
             self._loss = ClipLoss(local_loss=self.config.local_loss, gather_with_grad=self.config.gather_with_grad,
                                   cache_labels=True, rank=rank, world_size=world_size)
         return self._loss(image_features.float(), text_features.float(), logit_scale.float())
+
+    def whole_batch(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor):
+        """The loss of rows already gathered from every rank, computed as one process would."""
+        if self._whole_batch_loss is None:
+            from open_clip.loss import ClipLoss
+
+            self._whole_batch_loss = ClipLoss(cache_labels=True, rank=0, world_size=1)
+        return self._whole_batch_loss(image_features.float(), text_features.float(), logit_scale.float())
 
 
 @dataclass
@@ -90,7 +106,19 @@ class ContrastiveTask:
         return self._step(model, batch)
 
     def validation_step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
-        return self._step(model, batch)
+        captions = batch["captions"]
+        images = batch["images"]  # [B, 3, H, W]: rows past len(captions) are padding
+        rows = len(captions)
+        texts = self.tokenize(captions + [""] * (len(images) - rows)).to(images.device)  # [B, context]
+        image_features, text_features, scale = model(images, texts)  # [B, E] each; every rank, same shapes
+        width = image_features.shape[1]
+        local = torch.cat([image_features[:rows], text_features[:rows]], dim=1)  # [rows, 2E]: one gather
+        gathered, _ = all_gather_rows(local)  # [all rows, 2E], every rank's real rows in rank order
+        if rows == 0:  # this rank took part in the collectives; it has nothing to weigh in
+            return StepOutput(loss=scale.new_zeros(()), items=0, metrics={"logit_scale": scale.detach().float()})
+        whole_batch = getattr(self.loss, "whole_batch", self.loss)  # a plain callable is single-process
+        loss = whole_batch(gathered[:, :width], gathered[:, width:], scale)
+        return StepOutput(loss=loss, items=rows, metrics={"logit_scale": scale.detach().float()})
 
 
 def build_contrastive(config: ContrastiveConfig | None, loss: Callable[..., Any] | None) -> ContrastiveTask:

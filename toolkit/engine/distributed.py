@@ -69,6 +69,29 @@ def gather_objects(value):
     return gathered
 
 
+def all_gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every rank's `rows` ([n_rank, ...], n_rank may differ and may be 0) concatenated in rank
+    order, and where this rank's rows start. Every rank must call it, with the same trailing shape.
+
+    `dist.all_gather` needs equal shapes, so the counts are gathered first, each part is padded to
+    the longest and trimmed afterwards. Not differentiable (validation, metrics)."""
+    if not dist.is_initialized():
+        return rows, 0
+    count = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(size.item()) for size in counts]
+    offset = sum(sizes[:dist.get_rank()])
+    longest = max(sizes)
+    if longest == 0:  # every rank sees the same sizes, so every rank skips the second collective
+        return rows, offset
+    padded = rows.new_zeros((longest, *rows.shape[1:]))  # [longest, ...]
+    padded[:rows.shape[0]] = rows
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)]), offset
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on any (one all-reduce; also a barrier)."""
     if not dist.is_initialized():

@@ -168,3 +168,19 @@ def test_vocabulary_command(shard_dir, tmp_path):
     result = run_command(["toolkit-catlip-vocab", "--shards", str(tmp_path / "none-*.tar"), "--out", str(out)])
     assert_one_line_error(result, "none-*.tar")
     assert_unchanged(before, tmp_path)  # the vocabulary built above is kept as it was
+
+
+def test_an_image_over_the_member_cap_is_refused_naming_shard_member_and_cap(tmp_path):
+    (path,) = write_shards(samples(3), tmp_path / "shards")
+    image_size = len(samples(1)[0].image)
+    with pytest.raises(DataError) as caught:
+        load_index(path, tmp_path / "cache", max_member_bytes=image_size - 1)
+    assert str(path) in str(caught.value) and "'s00000.png'" in str(caught.value)
+    assert f"{image_size - 1}-byte" in str(caught.value)
+    assert not list((tmp_path / "cache").rglob("*.json"))  # nothing cached
+    # An index cached under a larger cap is checked again under a smaller one.
+    assert len(load_index(path, tmp_path / "cache")) == 3
+    with pytest.raises(DataError, match="s00000 \\(image\\)"):
+        load_index(path, tmp_path / "cache", max_member_bytes=image_size - 1)
+    with pytest.raises(ValueError, match="max_member_bytes"):
+        ImageTextShardsConfig(max_member_bytes=0)

@@ -31,3 +31,46 @@ def test_vocabulary_threshold_topk_json_and_labels(mapper, tmp_path):
     assert loaded.labels("zzzz qqq", mapper).sum() == 0
     assert loaded.empty_captions == 1
     assert loaded.mine_labels(["a dog"], mapper) == [[0]]
+
+
+@pytest.mark.parametrize("caption, expected", [
+    # A plural that is itself a WordNet lemma: CatLIP's lemmatizer takes the shortest base form.
+    ("shoes", {"shoe.n.01"}),  # "shoes.n.01" does not exist: the label was lost before
+    ("clapping hands", {"hand.n.01"}),  # not hands.n.01 (guardianship)
+    ("eyes", {"eye.n.01"}),
+    ("face with tears of joy", {"face.n.01", "tear.n.01", "joy.n.01"}),
+    ("crying cat face", {"cry.n.01", "cat.n.01", "face.n.01"}),
+    ("sunglasses", {"sunglass.n.01"}),
+    ("women", {"woman.n.01"}),  # the exceptions list
+    ("people", {"people.n.01"}),  # no other base form: the word itself
+    ("qqqz is of", set()),  # no noun synset named word.n.01: no label
+])
+def test_words_are_lemmatized_as_catlip_does(mapper, caption, expected):
+    assert {name for name, _, _ in mapper.synsets(caption)} == expected
+
+
+def test_lemmatize_noun_picks_the_shortest_base_form(mapper):
+    from plugins.catlip.synsets import lemmatize_noun
+
+    assert mapper.wordnet.morphy("hands", "n") == "hands"  # what the labels used before
+    assert lemmatize_noun(mapper.wordnet, "hands") == "hand"
+    assert lemmatize_noun(mapper.wordnet, "axes") == "ax"  # ["ax", "axis"]: the first of the shortest
+    assert lemmatize_noun(mapper.wordnet, "zzqx") == "zzqx"
+
+
+def test_a_labeling_change_does_not_reuse_cached_vocabularies_or_labels(mapper, tmp_path, monkeypatch):
+    import plugins.catlip.labels as labels
+    from plugins.catlip.shards import ShardIndex
+
+    monkeypatch.setattr(labels, "shared_mapper", lambda: mapper)
+    shard = tmp_path / "shard-000000.tar"
+    shard.write_bytes(b"x")
+    index = ShardIndex(shard, ["a", "b"], [0, 0], [1, 1], ["dogs", "clapping hands"], [], 0)
+    first = labels.cached_vocabulary([index], 1, None, tmp_path / "cache")
+    vocabulary = SynsetVocabulary.load(first)
+    assert {entry["synset"] for entry in vocabulary.entries} == {"dog.n.01", "hand.n.01"}
+    mined = labels.cached_labels(index, vocabulary, first, tmp_path / "cache")
+    monkeypatch.setattr(labels, "LABELING_VERSION", "old")
+    assert labels.cached_vocabulary([index], 1, None, tmp_path / "cache") != first
+    assert labels.cached_labels(index, vocabulary, first, tmp_path / "cache") == mined
+    assert len(list((tmp_path / "cache" / "labels").glob("*.json"))) == 2  # mined again, not reused

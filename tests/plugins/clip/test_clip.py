@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -105,3 +106,89 @@ def test_tiny_recipe_resolves_on_the_catlip_data(tmp_path):
     result = run_command(["toolkit-train", "clip/tiny.yaml", "--dry-run", f"trainer.out_dir={tmp_path}"])
     assert result.returncode == 0, result.stderr
     assert "clip-vit-tiny (CLIPModel)" in result.stdout + result.stderr
+
+
+def test_logit_scale_is_clamped_to_100_as_open_clip_does():
+    import math
+
+    torch.manual_seed(3)
+    model = build_clip(PRESETS["clip-vit-tiny"](num_classes=32))
+    images, texts = torch.randn(2, 3, 64, 64), torch.randint(1, 1000, (2, 77))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1000.0))
+    model.eval()
+    _, _, scale = model(images, texts)
+    torch.testing.assert_close(scale, torch.tensor(100.0), rtol=1e-6, atol=0)
+    assert float(model.logit_scale.detach()) == pytest.approx(math.log(1000.0))  # eval mode leaves the parameter
+    model.train()
+    _, _, scale = model(images, texts)
+    torch.testing.assert_close(scale, torch.tensor(100.0), rtol=1e-6, atol=0)
+    assert float(model.logit_scale.detach()) == pytest.approx(math.log(100.0), abs=1e-6)  # the parameter itself, as open_clip
+    scale.backward()  # at the bound the gradient still flows, so the scale can come back down
+    torch.testing.assert_close(model.logit_scale.grad, scale.detach(), rtol=1e-6, atol=0)
+    with torch.no_grad():
+        model.logit_scale.fill_(-1.0)  # open_clip's lower bound: log scale 0, scale 1
+    _, _, scale = model(images, texts)
+    torch.testing.assert_close(scale, torch.tensor(1.0))
+
+
+class TinyTowers(torch.nn.Module):
+    """A stand-in for CLIPModel with the same call: (images, token ids) -> normalised features, scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(4)  # the same weights in every process
+        self.image_projection = torch.nn.Parameter(torch.randn(3 * 4 * 4, 8, generator=generator))
+        self.token_embedding = torch.nn.Parameter(torch.randn(49408, 8, generator=generator))
+
+    def forward(self, images, texts):
+        image_features = F.normalize(images.flatten(1) @ self.image_projection, dim=-1)  # [B, 8]
+        text_features = F.normalize(self.token_embedding[texts].mean(1), dim=-1)  # [B, 8]
+        return image_features, text_features, torch.tensor(7.0)
+
+
+VALIDATION_CAPTIONS = ["a red dog", "a blue cat", "green ball", "a tree", "two kites"]
+UNEVEN_CASES = [(3, 0), (2, 3), (0, 1)]  # real rows on rank 0 and rank 1; batches are padded to 4
+
+
+def padded_batch(images: torch.Tensor, captions: list[str], rows: slice, size: int = 4) -> dict:
+    batch_images = torch.zeros(size, *images.shape[1:])  # [size, 3, 4, 4]: the validation pad
+    real = images[rows]
+    batch_images[:len(real)] = real
+    return {"images": batch_images, "captions": captions[rows]}
+
+
+def _rank_validation(rank: int, world_size: int, init_file: str, images: torch.Tensor, results) -> None:
+    from datetime import timedelta
+
+    # A short collective timeout turns a hang (a rank skipping a collective) into a failure.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=30))
+    try:
+        task, model = ContrastiveTask(ContrastiveConfig(), ClipLossFunction()), TinyTowers().eval()
+        for case, (first, second) in enumerate(UNEVEN_CASES):
+            rows = slice(0, first) if rank == 0 else slice(first, first + second)
+            with torch.no_grad():
+                output = task.validation_step(model, padded_batch(images, VALIDATION_CAPTIONS, rows))
+            results[(case, rank)] = (float(output.loss) * output.items, output.items)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_validation_with_uneven_rows_on_two_ranks_equals_one_process_on_all_rows(tmp_path):
+    images = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    results = mp.Manager().dict()
+    mp.start_processes(_rank_validation, args=(2, str(tmp_path / "init"), images, results), nprocs=2,
+                       start_method="spawn")
+    task, model = ContrastiveTask(ContrastiveConfig(), ClipLossFunction()), TinyTowers().eval()
+    for case, (first, second) in enumerate(UNEVEN_CASES):
+        rows = slice(0, first + second)
+        with torch.no_grad():
+            single = task.validation_step(model, padded_batch(images, VALIDATION_CAPTIONS, rows, size=6))
+            image_features, text_features, _ = model(images[rows], task.tokenize(VALIDATION_CAPTIONS[rows]))
+        reference = symmetric_cross_entropy(image_features, text_features, 7.0)
+        torch.testing.assert_close(single.loss, reference, rtol=1e-6, atol=1e-6)
+        # The engine's validation loss: the item-weighted mean of every rank's step loss.
+        weighted, items = (sum(results[(case, rank)][index] for rank in range(2)) for index in (0, 1))
+        assert items == first + second and (results[(case, 0)][1], results[(case, 1)][1]) == (first, second)
+        assert weighted / items == pytest.approx(float(reference), rel=1e-6)
