@@ -6,7 +6,7 @@ shares one `torchrun` launch (process start-up and plugin imports dominate at th
 1. in this process, 1 rank: OpenELM (the reference curve, saving step 3) and CLIP;
 2. `torchrun --nproc_per_node 2` of this very file: OpenELM under FSDP2 (then resumed from its
    step 3), OpenELM under DDP with gradient accumulation, OpenELM resumed on 2 ranks from the
-   1-rank step 3, and CLIP under DDP;
+   1-rank step 3 (also with its optimizer state in the older numbered layout), and CLIP under DDP;
 3. in this process, 1 rank: OpenELM resumed from the 2-rank DDP run's step 3.
 
 Every OpenELM run has the same global batch of 8 sequences (1 x 8; 2 x 4; 2 x 2 x grad_accum 2),
@@ -61,6 +61,8 @@ TWO_RANKS = {
                                            "dist.strategy=ddp"], None),
     "lm-one-to-two": ("openelm/tiny.yaml", [*OPENELM, "data.batch_size=4", "dist.strategy=fsdp"],
                       f"lm-one/{CHECKPOINT}"),
+    "lm-old-layout-to-two": ("openelm/tiny.yaml", [*OPENELM, "data.batch_size=4", "dist.strategy=fsdp"],
+                             f"lm-old-layout/{CHECKPOINT}"),
     "clip-two": ("clip/tiny.yaml", [*CLIP, "data.batch_size=4", "dist.strategy=ddp"], None),
 }
 BACK_TO_ONE_RANK = {
@@ -138,10 +140,25 @@ def free_port() -> int:
         return handle.getsockname()[1]
 
 
+def write_old_optimizer_layout(checkpoint: Path, copy: Path) -> None:
+    """`checkpoint` copied with its optimizer state in the layout of `optimizer.state_dict()`
+    (parameters numbered in param-group order), as checkpoints were written before names."""
+    import shutil
+
+    shutil.copytree(checkpoint, copy)
+    state = torch.load(copy / "optimizer.pt", weights_only=True)
+    number = {name: i for i, name in enumerate(name for group in state["param_groups"] for name in group["params"])}
+    numbered = {"state": {number[name]: value for name, value in state["state"].items()},
+                "param_groups": [dict(group, params=[number[name] for name in group["params"]])
+                                 for group in state["param_groups"]]}
+    torch.save(numbered, copy / "optimizer.pt")
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("multirank")
     run_scenarios(SINGLE_RANK, folder)
+    write_old_optimizer_layout(folder / "lm-one" / CHECKPOINT, folder / "lm-old-layout" / CHECKPOINT)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), __file__, str(folder)]
     launch = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
@@ -233,6 +250,11 @@ def without_key_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             value = torch.cat([value[:width], value[2 * width:]])  # queries, values
         kept[key] = value
     return kept
+
+
+def test_an_optimizer_state_in_the_numbered_layout_resumes_under_fsdp2(results):
+    assert losses(results / "lm-old-layout-to-two") == losses(results / "lm-one-to-two")
+    assert_equal(weights(results / "lm-old-layout-to-two"), weights(results / "lm-one-to-two"))
 
 
 def test_clip_trains_through_the_trainer_on_two_ranks_as_on_one(results):
