@@ -6,14 +6,15 @@ load or build the synset vocabulary, and mine each shard's labels once (cached).
 {"images": float32 [B, 3, H, W] normalised, "labels": float32 [B, C] multi-hot (with
 labels: synsets), "captions": list[str]}.
 
-Training order is `toolkit.data.order.EpochOrder` over all samples; the augmentation of a batch
-(random resized crop, horizontal flip, from torchvision.transforms.v2) draws from a generator
-seeded by its place in the stream (`EpochOrder.position_seed`), so a resumed run sees the same
-pixels.
+Training order is `toolkit.data.order.EpochOrder` over all samples; the augmentation of each
+image (random resized crop, horizontal flip, from torchvision.transforms.v2) draws from a
+generator seeded by the image's place in the epoch's order (`EpochOrder.next_items`), so a resumed
+run sees the same pixels, and so does a run at another world size or grad_accum.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ class _ImageTextSource:
         """The engine copies the vocabulary into the run directory (transfer and export need it)."""
         return {VOCABULARY_FILE: self.vocabulary_path} if self.vocabulary_path else {}
 
-    def _batch(self, indices: np.ndarray, rows: int, transform) -> dict[str, Any]:
+    def _batch(self, indices: np.ndarray, rows: int, transform, seeds: list[int] | None = None) -> dict[str, Any]:
         size = self.config.image_size
         images = torch.zeros(rows, 3, size, size)  # [rows, 3, H, W]; rows past `indices` stay padding
         captions: list[str] = []
@@ -108,7 +109,9 @@ class _ImageTextSource:
         for row, sample in enumerate(indices):
             shard, position = int(self.sample_shard[sample]), int(self.sample_position[sample])
             pixels = v2.functional.pil_to_tensor(self.reader.read(shard, position))  # [3, h, w] uint8
-            images[row] = transform(pixels).float().div_(255)
+            # Each image's draws come from its own seed (none for the deterministic validation resize).
+            with seeded_torch_rng(seeds[row]) if seeds is not None else contextlib.nullcontext():
+                images[row] = transform(pixels).float().div_(255)
             captions.append(self.indexes[shard].captions[position])
             if targets is not None:
                 targets[row, self.labels[shard][position]] = 1.0
@@ -132,10 +135,8 @@ class ImageTextTrainSource(OrderedTrainSource, _ImageTextSource):
         ])
 
     def next_batch(self) -> dict[str, Any]:
-        seed = self.order.position_seed(self.shard.rank)
-        indices = self.order.next_indices()
-        with seeded_torch_rng(seed):
-            return self._batch(indices, len(indices), self.augment)
+        indices, seeds = self.order.next_items()
+        return self._batch(indices, len(indices), self.augment, seeds)
 
 
 class ImageTextValSource(OrderedValidationSource, _ImageTextSource):

@@ -96,18 +96,32 @@ class EpochOrder:
 
     def next_indices(self) -> np.ndarray:
         """Item indices of this rank's next micro-batch; the position moves past it."""
+        return self.next_items()[0]
+
+    def next_items(self) -> tuple[np.ndarray, list[int]]:
+        """Item indices of this rank's next micro-batch and a seed for each item's randomness
+        (augmentation); the position moves past them.
+
+        An item's seed is a function of the run's seed, the epoch and the item's place in the
+        epoch's order only: whichever rank, world size or grad_accum reads that place draws the
+        same numbers, so a global batch has the same pixels on 1 rank as on 8 and across a
+        resume at another world size.
+        """
         position = self.position
         order = self.epoch_order(position.epoch)
-        start = position.step * self.layout.global_batch_size
         positions = self.layout.micro_positions(position.micro)
-        indices = order[start + positions.start:start + positions.stop]
+        places = range(position.step * self.layout.global_batch_size + positions.start,
+                       position.step * self.layout.global_batch_size + positions.stop)
+        indices = order[places.start:places.stop]
+        seeds = [int(np.random.SeedSequence([self.seed, position.epoch, place]).generate_state(1)[0])
+                 for place in places[:len(indices)]]
         position.micro += 1
         if position.micro == self.layout.grad_accum:
             position.micro = 0
             position.step += 1
             if position.step == self.steps_per_epoch:
                 position.epoch, position.step = position.epoch + 1, 0
-        return indices
+        return indices, seeds
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.position.epoch, "step": self.position.step, "micro": self.position.micro,

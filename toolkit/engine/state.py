@@ -90,7 +90,13 @@ class ModelWeights:
 
 
 class OptimizerState:
-    """The optimizer over `parameters_of` (the trained models, one module or a ModuleDict)."""
+    """The optimizer over `parameters_of` (the trained models, one module or a ModuleDict).
+
+    Saved in one layout whatever the strategy: torch's full optimizer state dict, keyed by
+    parameter name (`get_optimizer_state_dict`), so that a checkpoint of a single process, of DDP
+    and of FSDP2 (gathered whole) resumes under any of them and at any world size. A checkpoint
+    in the older layout (`optimizer.state_dict()`, keyed by position) still loads.
+    """
 
     fallback = None  # required
 
@@ -98,23 +104,45 @@ class OptimizerState:
         self.optimizer = optimizer
         self.parameters_of = parameters_of
 
-    def state_dict(self) -> dict[str, Any]:
-        if is_sharded(self.parameters_of):
-            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    def _named(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-            return gather_full(get_optimizer_state_dict(self.parameters_of, self.optimizer, options=_full_options()))
-        return self.optimizer.state_dict()
+        return gather_full(get_optimizer_state_dict(self.parameters_of, self.optimizer, options=_full_options()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._named()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if is_sharded(self.parameters_of):
-            from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.parameters_of, self.optimizer, state, options=_full_options())
-            return
         try:
-            self.optimizer.load_state_dict(state)
-        except (ValueError, KeyError) as error:
+            if _keyed_by_position(state):
+                if not is_sharded(self.parameters_of):
+                    self.optimizer.load_state_dict(state)
+                    return
+                state = _keyed_by_name(state, self._named())
+            set_optimizer_state_dict(self.parameters_of, self.optimizer, state, options=_full_options())
+        except (ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"optimizer.pt: does not match this run's optimizer ({error})") from error
+
+
+def _keyed_by_position(state: dict[str, Any]) -> bool:
+    """True for `optimizer.state_dict()`'s layout (parameters numbered), False for names."""
+    groups = state.get("param_groups") or [{}]
+    return any(isinstance(item, int) for group in groups for item in group.get("params", []))
+
+
+def _keyed_by_name(state: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """A position-keyed optimizer state renamed to parameter names, the order of `reference`'s
+    param groups (this optimizer's own, named) telling which number is which parameter."""
+    names = [name for group in reference["param_groups"] for name in group["params"]]
+    numbers = [number for group in state["param_groups"] for number in group["params"]]
+    if len(names) != len(numbers):
+        raise ValueError(f"it holds {len(numbers)} parameters, this run's optimizer {len(names)}")
+    name_of = dict(zip(numbers, names))
+    return {"state": {name_of[int(number)]: value for number, value in state["state"].items()},
+            "param_groups": [dict(group, params=[name_of[n] for n in group["params"]])
+                             for group in state["param_groups"]]}
 
 
 class Progress:
