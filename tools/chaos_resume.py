@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"trials": len(outcomes), "exact": sum(o["exact"] for o in outcomes),
                "lost_checkpoints": sum(len(o["lost"]) for o in outcomes), "hung": sum(o["hung"] for o in outcomes),
                "kills": sum(len(o["kills"]) for o in outcomes),
+               # a planned kill whose moment came after the run had finished: such a trial had no fault
+               "trials_without_kill": sum(not o["kills"] for o in outcomes),
                "kills_by_mode": {mode: sum(k.split("@")[0].startswith(mode) for o in outcomes for k in o["kills"])
                                  for mode in sorted(set(KILL_MODES))},
                "kills_mid_save": sum("(mid-save)" in k for o in outcomes for k in o["kills"]),
