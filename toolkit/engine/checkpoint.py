@@ -54,7 +54,7 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yam
     """
     final = run_dir / checkpoint_name(step)
     _recover_replacements(run_dir)
-    for stale in run_dir.glob(".tmp-step-*"):  # left by a crash during an earlier save
+    for stale in [*run_dir.glob(".tmp-step-*"), *run_dir.glob(".pruned-step-*")]:  # left by a crash
         shutil.rmtree(stale, ignore_errors=True)
     temporary = run_dir / f".tmp-{final.name}-{os.getpid()}"
     temporary.mkdir(parents=True)
@@ -76,11 +76,20 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yam
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     for later in [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]:
-        shutil.rmtree(later, ignore_errors=True)
+        _remove_checkpoint(later)
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_checkpoint(old)
     return final
+
+
+def _remove_checkpoint(checkpoint: Path) -> None:
+    """Delete a pruned checkpoint: renamed away first (one atomic step), then removed file by file,
+    so that a crash during the removal never leaves a half-deleted `step-NNNNNN/` that
+    `--resume auto` would take for the newest checkpoint and refuse as incomplete."""
+    doomed = checkpoint.with_name(f".pruned-{checkpoint.name}-{os.getpid()}")
+    os.rename(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 @dataclass
