@@ -56,8 +56,8 @@ def describe_run(parts: Any, run_dir: Path, resumed_from: Path | None, start_ste
     for model in parts.models.by_name.values():
         count = count_parameters(model.module)
         label = "model" if parts.models.single else f"model {model.name}"
-        lines.append(f"{label}: {type(model.module).__name__}, {count:,} parameters ({short_count(count)}), "
-                     f"{model.role.value}")
+        size = f"{count:,} parameters" + (f" ({short_count(count)})" if count >= 1000 else "")
+        lines.append(f"{label}: {type(model.module).__name__}, {size}, {model.role.value}")
     lines.append(f"data: {_describe_data(parts.train_data, parts.val_data)}")
     strategies = sorted({model.strategy.value for model in parts.models.trained if model.strategy is not None})
     how = f"{' + '.join(strategies) or 'no wrapping'} over {context.world_size} processes" \
