@@ -27,7 +27,7 @@ class InvalidField(ValueError):
     the field's key path (`optim.lr: must be > 0, got -1`)."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field} {message}")
         self.field = field
         self.message = message
 
