@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from helpers import EXAMPLE_RECIPE, run_command
-from toolkit.assembly import build_trainer
+from toolkit.cli import train as train_cli
+from toolkit.cli.common import run_cli
 from toolkit.config import TrainerConfig
 from toolkit.engine.console import RunConsole, clock, short_count
-from toolkit.plugins import get_registries
-from toolkit.recipe import load_recipe
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+) \| loss (\S+) \| ([\d,]+) samples/s \| lr (\S+) \| eta \d+:\d\d:\d\d$")
 
@@ -72,20 +71,18 @@ def test_a_piped_run_prints_plain_lines_instead_of_a_bar(piped_run):
         assert re.search(rf"^step {step}: val_loss {val_loss:.4g} \(\d+\.\d s\)$", result.stderr, re.MULTILINE)
 
 
-def train_here(out_dir: Path, *overrides: str, resume: str | None = None):
-    recipe = load_recipe(str(EXAMPLE_RECIPE), [f"trainer.out_dir={out_dir}", "trainer.peak_flops=1e12", *overrides],
-                         get_registries())
-    trainer = build_trainer(recipe, resume=resume)
-    try:
-        return trainer.fit()
-    finally:
-        trainer.close()
+def train_here(out_dir: Path, *arguments: str) -> None:
+    """`toolkit-train` on the example recipe, run in this process (stderr is whatever sys.stderr is)."""
+    code = run_cli(train_cli.main_with_arguments,
+                   [str(EXAMPLE_RECIPE), f"trainer.out_dir={out_dir}", "trainer.peak_flops=1e12", *arguments])
+    assert code == 0
 
 
 def test_a_resumed_run_says_what_it_resumed_from(plugin_env, piped_run, tmp_path, capsys):
     checkpoint = piped_run[0] / "step-000010"
-    train_here(tmp_path, "trainer.max_steps=20", "trainer.progress=false", resume=str(checkpoint))
-    lines = capsys.readouterr().err.splitlines()
+    train_here(tmp_path, "trainer.max_steps=20", "trainer.progress=false", "--resume", str(checkpoint),
+               "--accept-changes")
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("warning:")]
     assert lines[:2] == [f"run directory: {tmp_path}", f"resumed from: {checkpoint} (step 10 of 20)"]
     assert [int(STEP_LINE.match(line)[1]) for line in lines if STEP_LINE.match(line)] == [20]
 
