@@ -146,9 +146,12 @@ def _closest_recipe(name: str, recipe_dirs: list[RecipeDir], relative_to: Path |
     typed_suffix = Path(name).suffix in (".yaml", ".yml")
     stem = str(Path(name).with_suffix("")) if typed_suffix else name
     known = {entry.name: entry.path.suffix for entry in list_recipes(recipe_dirs)}  # name -> its file's suffix
-    for folder in {Path(name).parent, *([relative_to / Path(name).parent] if relative_to else [])}:
+    # Files next to where the name points, named as the user would name them (from a `base:`, relative
+    # to the recipe that names it).
+    for root in [Path(), *([relative_to] if relative_to else [])]:
+        folder = root / Path(name).parent
         if folder.is_dir():
-            known.update((str(path.with_suffix("")), path.suffix) for path in folder.glob("*.y*ml"))
+            known.update((str(path.with_suffix("").relative_to(root)), path.suffix) for path in folder.glob("*.y*ml"))
     suggestion = closest(stem, list(known))
     if suggestion is None:
         return None

@@ -11,7 +11,6 @@ import torch
 
 from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.config import DistConfig, TrainerConfig, format_config
-from toolkit.engine.console import count_parameters
 from toolkit.plugins import Registries, get_registries
 from toolkit.capabilities import LayerSummary
 from toolkit.recipe import SINGLE_MODEL, Recipe, list_recipes, load_recipe
@@ -59,6 +58,8 @@ def print_recipes(registries: Registries) -> None:
 
 def dry_run(recipe: Recipe) -> None:
     """Each model of the recipe built on the meta device: its blocks (when it can summarise them) and size."""
+    from toolkit.engine.console import count_parameters  # the engine loads only to train or dry-run
+
     for name, spec in recipe.models.items():
         role = "frozen" if spec.frozen else "trained"
         prefix = "" if name == SINGLE_MODEL else f"{name} ({role}) "
