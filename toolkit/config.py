@@ -67,9 +67,9 @@ class TrainerConfig:
     peak_flops: float = 0.0  # hardware peak FLOP/s for MFU; 0 = measure a matmul at start
     compile: bool = False  # torch.compile the trained models
     threads: int = 0  # torch intra-op threads; 0 = torch's default
-    progress: bool = True  # progress bar on stderr (rank 0); plain lines instead when stderr is not a terminal
-    # without a bar, a line (step, loss, throughput, lr, eta) every log_every steps, at most one per
-    # this many seconds (the first and last steps always print); 0 = every log_every step.
+    progress: bool = True  # a progress bar on stderr (rank 0) when it is a terminal; else plain lines
+    # plain lines (step, loss, throughput, lr, eta) come every log_every steps, at most one per this
+    # many seconds (the first and last always); 0 = every log_every step
     progress_every_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -139,13 +139,12 @@ class FieldDoc:
     """One config field as `--help` and `--list-options` show it."""
 
     name: str
-    type: str
     default: Any
     help: str
 
 
 def describe_config(config_class: type) -> list[FieldDoc]:
-    """Each field of a config dataclass with its type, default and help: `metadata["help"]`, else
+    """Each field of a config dataclass with its default and help: `metadata["help"]`, else
     the comment at the end of its line or on the lines just above it in the class's source."""
     comments = _field_comments(config_class)
     docs = []
@@ -160,12 +159,22 @@ def describe_config(config_class: type) -> list[FieldDoc]:
         if isinstance(default, enum.Enum):
             choices = ", ".join(member.value for member in type(default))
             default, text = default.value, f"{text} (one of: {choices})".strip()
-        type_name = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", str(item.type))
-        docs.append(FieldDoc(item.name, type_name, default, text))
+        docs.append(FieldDoc(item.name, default, text))
     return docs
 
 
 def _field_comments(config_class: type) -> dict[str, str]:
+    """Field name -> its comment, from the class and then its bases (an inherited field keeps its help)."""
+    comments: dict[str, str] = {}
+    for klass in config_class.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for name, text in _class_comments(klass).items():
+                if text:
+                    comments.setdefault(name, text)
+    return comments
+
+
+def _class_comments(config_class: type) -> dict[str, str]:
     try:
         lines = inspect.getsource(config_class).splitlines()
     except (OSError, TypeError):  # no source shipped (a frozen or compiled plugin): no help text
@@ -180,7 +189,7 @@ def _field_comments(config_class: type) -> dict[str, str]:
         name, colon, rest = stripped.partition(":")
         if colon and name.isidentifier() and not stripped.startswith(("def ", "class ")):
             trailing = rest.partition("  #")[2].strip() if "  #" in rest else ""
-            comments[name] = " ".join([*above, trailing]).strip()
+            comments.setdefault(name, " ".join([*above, trailing]).strip())  # a method's local comes later
         above = []
     return comments
 

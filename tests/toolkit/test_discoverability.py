@@ -126,7 +126,9 @@ def _help_text(monkeypatch, capsys, script: str, *arguments: str) -> tuple[str, 
 
 
 @pytest.mark.parametrize(("script", "arguments", "shown"), [
-    ("toolkit-train", [], ["trainer.max_steps=100", "trainer.progress_every_s=30.0", "dist.strategy=ddp  (one of: ddp, fsdp)"]),
+    ("toolkit-train", [], ["trainer.max_steps=100          optimizer steps", "trainer.progress_every_s=30.0",
+                           "trainer.ema_decay=0.0          >0 keeps an exponential moving average",
+                           "dist.strategy=ddp  (one of: ddp, fsdp)"]),
     ("toolkit-plugins", [], ["--options KIND NAME"]),
     ("toolkit-generate", [], ["--max-new-tokens MAX_NEW_TOKENS\n                        default: 200", "(default: 0.8)"]),
     ("toolkit-tokenizer", ["train"], ["default: bpe"]),
