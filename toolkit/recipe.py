@@ -148,10 +148,12 @@ def _closest_recipe(name: str, recipe_dirs: list[RecipeDir], relative_to: Path |
     known = {entry.name: entry.path.suffix for entry in list_recipes(recipe_dirs)}  # name -> its file's suffix
     # Files next to where the name points, named as the user would name them (from a `base:`, relative
     # to the recipe that names it).
-    for root in [Path(), *([relative_to] if relative_to else [])]:
-        folder = root / Path(name).parent
+    for root in [None, *([relative_to] if relative_to else [])]:
+        folder = Path(name).parent if root is None else root / Path(name).parent
         if folder.is_dir():
-            known.update((str(path.with_suffix("").relative_to(root)), path.suffix) for path in folder.glob("*.y*ml"))
+            for path in folder.glob("*.y*ml"):
+                shown = path if root is None else path.relative_to(root)
+                known[str(shown.with_suffix(""))] = path.suffix
     suggestion = closest(stem, list(known))
     if suggestion is None:
         return None
