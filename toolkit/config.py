@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
+import textwrap
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from toolkit.errors import RecipeError
 from toolkit.registry import closest
+
+
+class InvalidField(ValueError):
+    """Raised by a config's `__post_init__` for one field's value; `build_config` reports it under
+    the field's key path (`optim.lr: must be > 0, got -1`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field} {message}")
+        self.field = field
+        self.message = message
 
 
 class Precision(str, enum.Enum):
@@ -55,15 +67,20 @@ class TrainerConfig:
     peak_flops: float = 0.0  # hardware peak FLOP/s for MFU; 0 = measure a matmul at start
     compile: bool = False  # torch.compile the trained models
     threads: int = 0  # torch intra-op threads; 0 = torch's default
-    progress: bool = True  # progress bar on stderr (rank 0)
+    progress: bool = True  # a progress bar on stderr (rank 0) when it is a terminal; else plain lines
+    # plain lines (step, loss, throughput, lr, eta) come every log_every steps, at most one per this
+    # many seconds (the first and last always); 0 = every log_every step
+    progress_every_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.grad_accum < 1:
-            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
-        if self.max_steps < 0:
-            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+            raise InvalidField("grad_accum", f"must be >= 1, got {self.grad_accum}")
+        for name in ("max_steps", "log_every", "eval_every", "eval_batches", "save_every", "keep_last", "threads",
+                     "clip_grad", "peak_flops", "progress_every_s"):
+            if getattr(self, name) < 0:
+                raise InvalidField(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) (the weight of the old average), got {self.ema_decay}")
+            raise InvalidField("ema_decay", f"must be in [0, 1) (the weight of the old average), got {self.ema_decay}")
 
 
 @dataclass
@@ -111,5 +128,87 @@ def build_config(config_class: type, values: dict[str, Any], path: str) -> Any:
         message = str(error).splitlines()[0]
         location = f"{path}.{key}" if key else path
         raise RecipeError(f"{location}: {message}") from error
+    except InvalidField as error:
+        raise RecipeError(f"{path}.{error.field}: {error.message}") from error
     except (TypeError, ValueError) as error:  # raised by a config's __post_init__ checks
         raise RecipeError(f"{path}: {error}") from error
+
+
+@dataclass
+class FieldDoc:
+    """One config field as `--help` and `--list-options` show it."""
+
+    name: str
+    default: Any
+    help: str
+
+
+def describe_config(config_class: type) -> list[FieldDoc]:
+    """Each field of a config dataclass with its default and help: `metadata["help"]`, else
+    the comment at the end of its line or on the lines just above it in the class's source."""
+    comments = _field_comments(config_class)
+    docs = []
+    for item in dataclasses.fields(config_class):
+        if item.default is not dataclasses.MISSING:
+            default = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = item.default_factory()
+        else:
+            default = "(required)"
+        text = item.metadata.get("help") or comments.get(item.name, "")
+        if isinstance(default, enum.Enum):
+            choices = ", ".join(member.value for member in type(default))
+            default, text = default.value, f"{text} (one of: {choices})".strip()
+        docs.append(FieldDoc(item.name, default, text))
+    return docs
+
+
+def _field_comments(config_class: type) -> dict[str, str]:
+    """Field name -> its comment, from the class and then its bases (an inherited field keeps its help)."""
+    comments: dict[str, str] = {}
+    for klass in config_class.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for name, text in _class_comments(klass).items():
+                if text:
+                    comments.setdefault(name, text)
+    return comments
+
+
+def _class_comments(config_class: type) -> dict[str, str]:
+    try:
+        lines = inspect.getsource(config_class).splitlines()
+    except (OSError, TypeError):  # no source shipped (a frozen or compiled plugin): no help text
+        return {}
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("#").strip())
+            continue
+        name, colon, rest = stripped.partition(":")
+        if colon and name.isidentifier() and not stripped.startswith(("def ", "class ")):
+            trailing = rest.partition("  #")[2].strip() if "  #" in rest else ""
+            comments.setdefault(name, " ".join([*above, trailing]).strip())  # a method's local comes later
+        above = []
+    return comments
+
+
+def format_config(config_class: type, prefix: str = "") -> list[str]:
+    """`describe_config` as aligned lines, `prefix.name=default  help`, the help wrapped under itself."""
+    docs = describe_config(config_class)
+    keys = [f"{prefix}{doc.name}={_yaml_value(doc.default)}" for doc in docs]
+    width = max((len(key) for key in keys), default=0)
+    lines = []
+    for key, doc in zip(keys, docs):
+        wrapped = textwrap.wrap(doc.help, width=max(40, 100 - width)) or [""]
+        lines.append(f"  {key:<{width}}  {wrapped[0]}".rstrip())
+        lines.extend(f"  {'':<{width}}  {more}" for more in wrapped[1:])
+    return lines
+
+
+def _yaml_value(value: Any) -> str:
+    """A default as an override would spell it (`true`, `null`, `[0.9, 0.999]`)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value) if value != "" else '""'

@@ -96,12 +96,80 @@ def find_recipe(name: str, recipe_dirs: list[RecipeDir], relative_to: Path | Non
         if candidate.is_file():
             return candidate
     where = ", ".join(str(d) for d in recipe_dirs) or "no plugin recipe dirs"
-    raise RecipeError(f"recipe file not found: {name}", hint=f"looked in the current directory and {where}")
+    suggestion = _closest_recipe(name, recipe_dirs, relative_to)
+    listing = "toolkit-train --list-recipes lists the plugins' recipes"
+    hint = f"did you mean '{suggestion}'? {listing}" if suggestion else f"looked in the current directory and {where}; {listing}"
+    raise RecipeError(f"recipe file not found: {name}", hint=hint)
+
+
+@dataclass(frozen=True)
+class RecipeEntry:
+    """One recipe a plugin ships, as `toolkit-train --list-recipes` shows it."""
+
+    name: str  # what to type: `openelm/tiny`
+    plugin: str
+    path: Path
+    summary: str  # the first sentence of the file's leading comment
+
+
+def list_recipes(recipe_dirs: list[RecipeDir]) -> list[RecipeEntry]:
+    """Every recipe file in the plugins' recipe folders, by the name that finds it."""
+    entries = []
+    for directory in recipe_dirs:
+        if not directory.path.is_dir():
+            continue
+        for path in sorted([*directory.path.rglob("*.yaml"), *directory.path.rglob("*.yml")]):
+            relative = path.relative_to(directory.path).with_suffix("").as_posix()
+            name = f"{directory.namespace}/{relative}" if directory.namespace else relative
+            entries.append(RecipeEntry(name, directory.plugin, path, _summary(path)))
+    return entries
+
+
+def _summary(path: Path) -> str:
+    """The first sentence of a recipe's leading `#` comment, shortened to fit one line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    comment = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    text = " ".join(comment)
+    sentence = text.split(". ")[0].rstrip(".:")
+    return sentence if len(sentence) <= 90 else sentence[:87].rstrip() + "..."
+
+
+def _closest_recipe(name: str, recipe_dirs: list[RecipeDir], relative_to: Path | None) -> str | None:
+    """The known recipe name (or a YAML file next to where `name` points) most like `name`."""
+    typed_suffix = Path(name).suffix in (".yaml", ".yml")
+    stem = str(Path(name).with_suffix("")) if typed_suffix else name
+    known = {entry.name: entry.path.suffix for entry in list_recipes(recipe_dirs)}  # name -> its file's suffix
+    # Files next to where the name points, named as the user would name them (from a `base:`, relative
+    # to the recipe that names it).
+    for root in [None, *([relative_to] if relative_to else [])]:
+        folder = Path(name).parent if root is None else root / Path(name).parent
+        if folder.is_dir():
+            for path in folder.glob("*.y*ml"):
+                shown = path if root is None else path.relative_to(root)
+                known[str(shown.with_suffix(""))] = path.suffix
+    suggestion = closest(stem, list(known))
+    if suggestion is None:
+        return None
+    return f"{suggestion}{known[suggestion]}" if typed_suffix else suggestion
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         loaded = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as error:  # a syntax error: say where, as an editor would
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = error.problem or error.context or "syntax error"
+        raise RecipeError(f"{where}: not valid YAML: {problem}",
+                          hint=f"{error.context} at line {error.context_mark.line + 1}"
+                          if error.context and error.context_mark and error.problem else None) from error
     except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RecipeError(f"{path}: not valid YAML: {first_line}") from error

@@ -13,7 +13,7 @@ import json
 import sys
 
 from plugins.catlip.labels import frequency_baseline
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import recipe_arguments, run_cli
 from toolkit.data import ShardInfo
 from toolkit.plugins import get_registries
 from toolkit.recipe import load_recipe
@@ -36,9 +36,8 @@ def label_stats(recipe_name: str, overrides: list[str]) -> dict:
 
 
 def run(argv: list[str]) -> int:
-    if not argv:
-        raise SystemExit(__doc__)
-    stats = label_stats(argv[0], argv[1:])
+    arguments = recipe_arguments("catlip_label_stats.py", __doc__.strip(), argv)
+    stats = label_stats(arguments.recipe, arguments.overrides)
     for key, value in stats.items():
         print(f"{key:>30}: {value:.4g}" if isinstance(value, float) else f"{key:>30}: {value}")
     print(json.dumps(stats))

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import recipe_arguments, run_cli
 from toolkit.data import ShardInfo
 from toolkit.plugins import get_registries
 from toolkit.recipe import load_recipe
@@ -36,10 +36,8 @@ def unigram_stats(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: 
 
 
 def main_with_arguments(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__.strip())
-        return 2
-    recipe = load_recipe(argv[0], argv[1:], get_registries())
+    arguments = recipe_arguments("lm_corpus_stats.py", __doc__.strip(), argv)
+    recipe = load_recipe(arguments.recipe, arguments.overrides, get_registries())
     data = recipe.components["data"]
     train = data.build("train", ShardInfo())
     val = data.build("val", ShardInfo())

@@ -17,7 +17,7 @@ from pathlib import Path
 from plugins.catlip.labels import build_vocabulary, shared_mapper
 from plugins.catlip.openmoji import resolve_builtin_images
 from plugins.catlip.shards import load_index
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.data.cache import cache_root
 from toolkit.data.shards import expand_shard_pattern
 from toolkit.errors import DataError
@@ -25,7 +25,7 @@ from toolkit.files import atomic_path
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="toolkit-catlip-vocab", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="toolkit-catlip-vocab", description=__doc__.splitlines()[0])
     parser.add_argument("--shards", required=True, help="glob/brace pattern of .tar shards, or builtin:openmoji")
     parser.add_argument("--out", required=True, type=Path, help="output JSON file")
     parser.add_argument("--min-count", type=int, default=1, help="keep synsets in at least this many captions")

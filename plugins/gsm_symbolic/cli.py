@@ -21,12 +21,12 @@ from pathlib import Path
 from plugins.gsm_symbolic.errors import TemplateError
 from plugins.gsm_symbolic.sampler import DEFAULT_MAX_TRIES, VARIANTS, generate_rows
 from plugins.gsm_symbolic.template import load_templates
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.files import atomic_writer
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="toolkit-gsm-symbolic", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="toolkit-gsm-symbolic", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="write a JSONL data set of template instances")
     generate.add_argument("--templates", type=Path, default=None,

@@ -20,12 +20,12 @@ import torch
 
 from plugins.lm.sampling import generate
 from plugins.lm.tokenizer import Tokenizer
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.errors import DataError
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="toolkit-generate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="toolkit-generate", description=__doc__.splitlines()[0])
     parser.add_argument("path", nargs="?", default=None, help="run directory or checkpoint directory")
     parser.add_argument("--model", default=None,
                         help="instead of PATH: also a Hugging Face model directory or a .gguf file")

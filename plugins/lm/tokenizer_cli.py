@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from plugins.lm.tokenizer import load_tokenizer, train_tokenizer
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.data.shards import expand_shard_pattern
 from toolkit.files import atomic_path
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="toolkit-tokenizer", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="toolkit-tokenizer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a SentencePiece model on the .txt samples of shards")
     train.add_argument("--shards", required=True, help="glob or brace pattern of .tar shards")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 
 FORMATS = ("hf",)
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="toolkit-export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="toolkit-export", description=__doc__.splitlines()[0])
     parser.add_argument("path", metavar="CHECKPOINT_OR_RUN_DIR", help="checkpoint directory or run directory")
     parser.add_argument("--format", choices=FORMATS, required=True, help="output layout (hf: Hugging Face)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output directory (created)")

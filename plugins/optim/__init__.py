@@ -9,18 +9,30 @@ import torch
 from torch import nn
 
 from toolkit import hookimpl
-from toolkit.errors import RecipeError
+from toolkit.config import InvalidField
+
+
+def at_least_zero(config: object, *names: str) -> None:
+    """The recipe check every non-negative field shares; runs when the recipe loads (`--dry-run` too)."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise InvalidField(name, f"must be >= 0, got {getattr(config, name)}")
 
 
 @dataclass
 class AdamWConfig:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: float = 1e-3  # peak learning rate (the schedule scales it)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # decay rates of the two moment averages
+    eps: float = 1e-8  # added to the second moment's square root
+    weight_decay: float = 0.0  # decoupled decay, on weight matrices only
     # torch's fused single-kernel AdamW; null = use it wherever it runs (plain CPU or CUDA
     # tensors: about 3x the for-each default's speed on CPU, docs/BENCHMARKS.md), for-each elsewhere.
     fused: bool | None = None
+
+    def __post_init__(self) -> None:
+        at_least_zero(self, "lr", "eps", "weight_decay")
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise InvalidField("betas", f"expected two numbers in [0, 1), got {list(self.betas)}")
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -50,8 +62,6 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_adamw(config: AdamWConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if len(config.betas) != 2:
-        raise RecipeError(f"optim.betas: expected two numbers, got {list(config.betas)}")
     return torch.optim.AdamW(
         decay_groups(model, config.weight_decay),
         lr=config.lr,
@@ -79,6 +89,11 @@ class CosineConfig:
     min_lr_ratio: float = 0.1  # final lr as a fraction of the peak
     total_steps: int = 0  # 0 = the trainer's max_steps
 
+    def __post_init__(self) -> None:
+        at_least_zero(self, "warmup_steps", "warmup_init_lr", "total_steps")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise InvalidField("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+
 
 def cosine_factor(step: int, peak_lr: float, config: CosineConfig, total_steps: int) -> float:
     """Multiplier of the peak lr at `step`: linear warmup from warmup_init_lr, then cosine decay."""
@@ -100,7 +115,10 @@ def build_cosine(config: CosineConfig, optimizer: torch.optim.Optimizer, max_ste
 
 @dataclass
 class ConstantConfig:
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # steps of linear warmup to the optimizer's lr
+
+    def __post_init__(self) -> None:
+        at_least_zero(self, "warmup_steps")
 
 
 def build_constant(config: ConstantConfig, optimizer: torch.optim.Optimizer, max_steps: int):

@@ -1,5 +1,7 @@
 """`toolkit-eval EVALUATOR --model SPEC [--limit N] [--batch-size N] [--output DIR] [key=value ...]`.
 
+`toolkit-eval EVALUATOR --list-options` prints the evaluator's keys with their defaults.
+
 Runs any registered evaluator on any model it can load. `key=value` set fields of the evaluator's
 config dataclass (checked like recipe sections). Writes `results.json` and `samples.jsonl` to the
 output directory; an interrupted run resumes from `samples.partial.jsonl` there.
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from toolkit.capabilities import identity
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, component_options, run_cli
 from toolkit.errors import RecipeError
 from toolkit.evaluation import RESULTS_FILE, EvaluationError, run_evaluation
 from toolkit.plugins import get_registries
@@ -24,10 +26,12 @@ from toolkit.recipe import build_config
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="toolkit-eval", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="toolkit-eval", description=__doc__.splitlines()[0],
+                            epilog="an evaluator's keys and their defaults: toolkit-eval EVALUATOR --list-options")
     parser.add_argument("evaluator", help="evaluator name (toolkit-plugins lists them)")
     parser.add_argument("options", nargs="*", help="evaluator options as key=value")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--list-options", action="store_true", help="print the evaluator's keys and defaults, exit")
+    parser.add_argument("--model",
                         help="toolkit run or checkpoint directory, Hugging Face model directory, or .gguf file")
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer file for models that ship none (Hugging Face OpenELM: LLaMA's tokenizer.model)")
@@ -37,7 +41,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=None, help="default: eval/<evaluator>-<model dir name>")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_intermixed_args(argv)
+    arguments = parser.parse_intermixed_args(argv)
+    if arguments.model is None and not arguments.list_options:
+        parser.error("the following arguments are required: --model")
+    return arguments
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
@@ -57,6 +64,9 @@ def main_with_arguments(argv: list[str]) -> int:
     if arguments.batch_size < 1:
         raise EvaluationError("--batch-size must be at least 1")
     component = get_registries()["evaluators"].get(arguments.evaluator)
+    if arguments.list_options:
+        print("\n".join(component_options(component)))
+        return 0
     options = parse_options(arguments.options)
     if component.config_class is None:
         if options:

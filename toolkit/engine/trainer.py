@@ -24,8 +24,9 @@ from toolkit.capabilities import CustomLoop, item_unit, reports_perplexity
 from toolkit.engine import distributed
 from toolkit.engine.callbacks import RunInfo
 from toolkit.engine.checkpoint import write_checkpoint
+from toolkit.engine.console import RunConsole, describe_run
 from toolkit.engine.loop import StepContext, default_train_step, move_to, run_autocast
-from toolkit.engine.metrics import MetricsLog, ProgressBar, measure_peak_flops
+from toolkit.engine.metrics import MetricsLog, measure_peak_flops
 from toolkit.engine.state import ModelWeights, OptimizerState, Progress, StateOf, load_states, save_states
 from toolkit.errors import CheckpointError, Interrupted
 from toolkit.files import atomic_write_text
@@ -90,6 +91,8 @@ class Trainer:
         if resume_from is not None:  # restored (and so checked) before the run directory is touched
             load_states(resume_from, self.states)
             self.last_checkpoint = resume_from
+        self.resumed_from = resume_from
+        self.console = RunConsole(self.config, self.context.is_main, self.item_unit)
         if self.context.is_main:
             self._prepare_run_dir()
         # A resumed run rewrites history from its checkpoint on; a fresh one starts an empty log.
@@ -137,7 +140,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         config = self.config
-        progress = ProgressBar(config.max_steps, self.step, config.progress and self.context.is_main, self.item_unit)
+        self.console.start(describe_run(self.parts, self.run_dir, self.resumed_from, self.step), self.step)
         batches = iter(self.parts.train_data)
         final_metrics: dict[str, float] = {}
         for callback in self.parts.callbacks:
@@ -151,7 +154,7 @@ class Trainer:
                 elapsed = time.perf_counter() - started
                 self.progress.step += 1
                 record = self._step_record(step_context.summary(), elapsed)
-                progress.update(record["loss"], record[f"{self.item_unit}_per_s"], record.get("mfu"))
+                self.console.step(record)
                 for callback in self.parts.callbacks:
                     callback.on_step_end(self.step, without_step(record))
                 if self.step % max(1, config.log_every) == 0 or self.step == config.max_steps:
@@ -169,7 +172,7 @@ class Trainer:
                 self.save()
         finally:
             stop_signal.restore()
-            progress.close()
+            self.console.close()
         for callback in self.parts.callbacks:
             callback.on_train_end(self.step, final_metrics)
         return TrainResult(self.step, self.run_dir, self.last_checkpoint, final_metrics)
@@ -229,7 +232,8 @@ class Trainer:
         # same windows whatever the world size.
         per_rank = -(-self.config.eval_batches // self.context.world_size)
         models = self.models.for_task()
-        for index, batch in enumerate(self.parts.val_data):
+        started = time.perf_counter()
+        for index, batch in enumerate(self.console.validation(self.parts.val_data, per_rank, self.step)):
             if per_rank and index >= per_rank:
                 break
             with run_autocast(self.config, self.context.device):
@@ -254,6 +258,7 @@ class Trainer:
             record["val_ppl"] = math.exp(min(val_loss, 80.0))
         record.update({f"val_{key}": (packed[2 + i] / packed[1]).item() for i, key in enumerate(keys)})
         self.metrics.write(record)
+        self.console.validated(record, time.perf_counter() - started)
         for callback in self.parts.callbacks:
             callback.on_evaluate(self.step, without_step(record))
         return record
