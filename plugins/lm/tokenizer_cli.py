@@ -10,16 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from plugins.lm.shard_paths import text_shard_paths
 from plugins.lm.tokenizer import load_tokenizer, train_tokenizer
 from toolkit.cli.common import run_cli
-from toolkit.data.shards import expand_shard_pattern
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="toolkit-tokenizer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a SentencePiece model on the .txt samples of shards")
-    train.add_argument("--shards", required=True, help="glob or brace pattern of .tar shards")
+    train.add_argument("--shards", required=True,
+                       help="glob or brace pattern of .tar shards, or a folder of them (its train-*.tar); "
+                            "plain text: run tools/build_text_shards.py first")
     train.add_argument("--vocab-size", type=int, required=True)
     train.add_argument("--out", required=True, help="output FILE.model")
     train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
@@ -32,7 +34,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     if arguments.command == "train":
-        shards = expand_shard_pattern(arguments.shards)
+        shards = text_shard_paths(arguments.shards, "--shards")
         out = Path(arguments.out)
         temporary = out.with_name(f".{out.name}.tmp")
         try:

@@ -63,4 +63,4 @@ def test_tokenizer_cli_train_and_info(small_corpus, tmp_path, capsys):
         tokenizer_cli.main(["train", "--shards", str(tmp_path / "none-*.tar"), "--vocab-size", "300",
                             "--out", str(out)])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith("error: no shard file matches")
+    assert capsys.readouterr().err.startswith("error: --shards: no shard file matches")
