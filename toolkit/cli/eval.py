@@ -30,7 +30,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", required=True,
                         help="toolkit run or checkpoint directory, Hugging Face model directory, or .gguf file")
     parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer file for models that ship none (Hugging Face OpenELM: LLaMA's tokenizer.model)")
+                        help="tokenizer file for models that ship none (Apple's OpenELM: LLaMA's tokenizer.model; "
+                             "toolkit runs and exports carry their own)")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate at most N items (windows, questions, or templates per set)")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_one_line_error
+from helpers import assert_one_line_error
 from toolkit.cli.common import run_cli
 from toolkit.data import ShardInfo
 from toolkit.errors import DataError
