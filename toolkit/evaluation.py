@@ -204,7 +204,9 @@ def check_output_owner(output_dir: Path, fingerprint: dict[str, Any], overwrite:
         record = record.get("fingerprint", {}) if name == PARTIAL_FILE and isinstance(record, dict) else record
         if isinstance(record, dict) and _owner(record) != _owner(fingerprint):
             evaluator, model = _owner(record)
-            raise EvaluationError(f"{output_dir}: holds {evaluator} results of another model, {model} ({name})",
+            whose = f"another model, {model}" if model != fingerprint.get("model") else \
+                f"this model, not {fingerprint.get('evaluator')} results"
+            raise EvaluationError(f"{output_dir}: holds {evaluator} results of {whose} ({name})",
                                   hint="choose another --output, or pass --overwrite to replace them")
 
 
