@@ -7,12 +7,18 @@ knows nothing about what is evaluated: the evaluator loads its own kind of model
 (`samples.partial.jsonl`, one JSON record per line, keyed by sample id, appended as it goes) so
 an interrupted run resumes where it stopped. `run_evaluation` then writes `results.json` and
 `samples.jsonl` atomically and removes the partial cache.
+
+An output directory belongs to one (evaluator, model): results or a partial cache of another are
+never replaced silently (`overwrite=True`, `toolkit-eval --overwrite`, allows it). A model handle
+may offer `truncation_report() -> str | None` (inputs longer than its context, with counts); the
+report becomes one warning on stderr and a note in results.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,14 +170,45 @@ class EvalContext:
         return ordered
 
 
+def _owner(record: dict[str, Any]) -> tuple[Any, Any]:
+    return record.get("evaluator"), record.get("model")
+
+
+def check_output_owner(output_dir: Path, fingerprint: dict[str, Any], overwrite: bool = False) -> None:
+    """Refuse an output directory holding another evaluator's or model's results (or partial cache)."""
+    if overwrite or not output_dir.is_dir():
+        return
+    for name in (RESULTS_FILE, PARTIAL_FILE):
+        try:
+            with open(output_dir / name, encoding="utf-8") as stream:
+                first = stream.readline() if name == PARTIAL_FILE else stream.read()
+            record = json.loads(first)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # nothing (readable) there to protect
+        record = record.get("fingerprint", {}) if name == PARTIAL_FILE and isinstance(record, dict) else record
+        if isinstance(record, dict) and _owner(record) != _owner(fingerprint):
+            evaluator, model = _owner(record)
+            whose = f"another model, {model}" if model != fingerprint.get("model") else \
+                f"this model, not {fingerprint.get('evaluator')} results"
+            raise EvaluationError(f"{output_dir}: holds {evaluator} results of {whose} ({name})",
+                                  hint="choose another --output, or pass --overwrite to replace them")
+
+
 def run_evaluation(evaluator: Evaluator, model: Any, output_dir: Path, fingerprint: dict[str, Any],
-                   limit: int | None = None, batch_size: int = 8, progress: bool = True) -> dict[str, Any]:
+                   limit: int | None = None, batch_size: int = 8, progress: bool = True,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Evaluate, then write `results.json` and `samples.jsonl` (atomically) and drop the cache."""
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise EvaluationError(f"{output_dir}: exists and is not a directory")
+    check_output_owner(output_dir, fingerprint, overwrite)
     context = EvalContext(output_dir, fingerprint, limit=limit, batch_size=batch_size, progress=progress)
     metrics = evaluator.evaluate(model, context)
+    report = getattr(model, "truncation_report", None)
+    truncation = report() if callable(report) else None
+    if truncation:
+        print(f"warning: {truncation}", file=sys.stderr)
+        context.notes.append(truncation)
     cache = context.open_cache()
     results = {**fingerprint, "metrics": metrics, "num_samples": len(context.samples)}
     if context.notes:

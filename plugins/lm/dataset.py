@@ -8,6 +8,7 @@ then serve windows of seq_len + 1 tokens in the order plugins.lm.packing defines
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from plugins.lm.corpus import is_builtin, resolve_builtin
 from plugins.lm.packing import make_batch, window_count
+from plugins.lm.shard_paths import NO_VALIDATION, sibling_val_pattern, text_shard_paths
 from plugins.lm.token_cache import cached_tokens
 from plugins.lm.tokenizer import Tokenizer, cached_tokenizer, load_tokenizer
 from toolkit.data import ShardInfo
@@ -29,7 +31,6 @@ from toolkit.data.order import (
     TrainPosition,
     ValidationOrder,
 )
-from toolkit.data.shards import expand_shard_pattern
 from toolkit.errors import DataError
 
 
@@ -37,8 +38,10 @@ from toolkit.errors import DataError
 class TextShardsConfig:
     """The `data:` section for `name: text_shards`."""
 
-    train_shards: str = "builtin:shakespeare"  # glob or brace pattern of .tar shards, or "builtin:shakespeare"
-    val_shards: str = ""  # "" with builtin -> its val shards; "" otherwise -> no validation
+    train_shards: str = "builtin:shakespeare"  # glob/brace pattern of .tar shards, a folder of them, or "builtin:<name>"
+    # "" -> the val-*.tar beside train-*.tar shards (what tools/build_text_shards.py writes) or the
+    # built-in corpus's; "none" -> no validation
+    val_shards: str = ""
     tokenizer: str = ""  # SentencePiece .model path; "" -> train one on the train shards (cached)
     vocab_size: int = 4096
     seq_len: int = 256
@@ -124,21 +127,46 @@ def _split_patterns(config: TextShardsConfig, cache_dir: Path) -> tuple[str, str
     return train_pattern, val_pattern
 
 
+def _validation_paths(val_pattern: str, train_paths: list[Path], shard: ShardInfo) -> list[Path]:
+    """The validation shards: data.val_shards, else the val-*.tar beside the train shards (said once,
+    on rank 0), else none, with a warning: without them every evaluation of the run is skipped."""
+    if val_pattern == NO_VALIDATION:
+        return []
+    if val_pattern:
+        return text_shard_paths(val_pattern, "data.val_shards", split="val")
+    beside = sibling_val_pattern(train_paths)
+    if beside:
+        if shard.rank == 0:
+            print(f"note: validating on {beside} (data.val_shards is empty; the val shards beside the train "
+                  "shards are used)", file=sys.stderr)
+        return text_shard_paths(beside, "data.val_shards", split="val")
+    if shard.rank == 0:
+        print("warning: this run has no validation data, so trainer.eval_every evaluates nothing: "
+              "data.val_shards is empty and no val-*.tar lies beside the train shards (set data.val_shards "
+              f"to a shard pattern, or to '{NO_VALIDATION}' to silence this)", file=sys.stderr)
+    return []
+
+
 def build_text_shards(config: TextShardsConfig, split: str, shard: ShardInfo) -> _PackedSource | None:
     """The dataset factory. Returns None for "val" when the recipe names no validation shards."""
     if split not in ("train", "val"):
         raise DataError(f"text_shards has splits 'train' and 'val', not '{split}'")
     cache_dir = cache_root(config.cache_dir)
     train_pattern, val_pattern = _split_patterns(config, cache_dir)
-    if split == "val" and not val_pattern:
+    train_paths = text_shard_paths(train_pattern, "data.train_shards", split="train")
+    val_paths = _validation_paths(val_pattern, train_paths, shard) if split == "val" else []
+    if split == "val" and not val_paths:
         return None
-    train_paths = expand_shard_pattern(train_pattern)
     if config.tokenizer:
-        tokenizer_path = Path(config.tokenizer)
+        tokenizer_path = Path(config.tokenizer).expanduser()
+        if not tokenizer_path.is_file():
+            raise DataError(f"data.tokenizer: {tokenizer_path}: no such file",
+                            hint="give a SentencePiece .model file (toolkit-tokenizer train makes one), or "
+                                 "leave data.tokenizer empty to train one on the train shards")
     else:
         tokenizer_path = cached_tokenizer(train_paths, config.vocab_size, cache_dir)
     tokenizer = load_tokenizer(tokenizer_path, expected_vocab_size=config.vocab_size)
-    paths = train_paths if split == "train" else expand_shard_pattern(val_pattern)
+    paths = train_paths if split == "train" else val_paths
     tokens = cached_tokens(paths, tokenizer, cache_dir, split)
     source_class = PackedTrainSource if split == "train" else PackedValSource
     return source_class(tokens, tokenizer, config.seq_len, config.batch_size, shard)

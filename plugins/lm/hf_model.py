@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from plugins.lm.context_overflow import CountsContextOverflow
 from toolkit.errors import CheckpointError
 
 GGUF_MAGIC = b"GGUF"
@@ -64,11 +65,13 @@ class HFTokenizer:
 
 
 @dataclass
-class HFLanguageModel:
+class HFLanguageModel(CountsContextOverflow):
     model: Any  # a transformers causal LM
     tokenizer: HFTokenizer
     device: torch.device
     identity: str = ""
+    overflow_consequence = ("scored inputs keep only their last context-length tokens, and generation runs at "
+                            "positions the model was not trained on")
 
     @property
     def context_length(self) -> int:
@@ -94,6 +97,7 @@ class HFLanguageModel:
             if not continuation_ids:
                 results.append((0.0, True))
                 continue
+            self._record_length(len(context_ids) + len(continuation_ids) - 1)  # the last token is only a target
             ids = torch.tensor([(context_ids + continuation_ids)[-(self.context_length + 1):]], device=self.device)
             logits = self.model(ids[:, :-1]).logits.float()[0, -len(continuation_ids):]  # [C, V]
             targets = ids[0, -len(continuation_ids):]
@@ -123,6 +127,8 @@ class HFLanguageModel:
 
         for start in range(0, len(prompts), batch_size):
             rows = [[*prefix, *self.tokenizer.encode(prompt)] for prompt in prompts[start:start + batch_size]]
+            for row in rows:
+                self._record_length(len(row))
             width = max(map(len, rows))
             ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in rows], device=self.device)  # [B, T]
             mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=self.device)

@@ -15,17 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from plugins.lm import sampling
+from plugins.lm.context_overflow import CountsContextOverflow
 from plugins.lm.sampling import generate, max_context_length
 
 GENERATION_CHUNK = 16  # new tokens between stop-string checks
 
 
 @dataclass
-class LanguageModel:
+class LanguageModel(CountsContextOverflow):
     model: nn.Module
     tokenizer: Any  # plugins.lm.tokenizer.Tokenizer (encode, decode, eos_id)
     device: torch.device
     identity: str = ""  # exactly what was loaded (the checkpoint directory); keys the sample cache
+    overflow_consequence = "the model read only the last context-length tokens of each"
 
     @property
     def context_length(self) -> int:
@@ -56,6 +58,7 @@ class LanguageModel:
             if not continuation_ids:
                 results.append((0.0, True))
                 continue
+            self._record_length(len(context_ids) + len(continuation_ids) - 1)  # the last token is only a target
             ids = (context_ids + continuation_ids)[-(self.context_length + 1):]
             tokens = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, T]
             logits = self.model(tokens[:, :-1]).float()[0, -len(continuation_ids):]  # [C, V]
@@ -74,6 +77,8 @@ class LanguageModel:
         else decodes prompt by prompt in chunks, checking the stop strings between chunks.
         """
         eos = self.tokenizer.eos_id
+        for prompt in prompts:
+            self._record_length(1 + len(self.tokenizer.encode(prompt)))
         batched = getattr(sampling, "generate_text", None)
         if batched is not None:
             return batched(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,

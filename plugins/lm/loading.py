@@ -66,8 +66,9 @@ def _load_imported(path: Path, importer: Component, device: str, tokenizer: str 
     if not tokenizer and not beside.is_file():
         raise CheckpointError(
             f"{path}: read as {importer.factory.description} (importer '{importer.name}' of plugin "
-            f"'{importer.plugin}'); such models ship no tokenizer and there is no {TOKENIZER_FILE} beside them",
-            hint="pass --tokenizer with the SentencePiece tokenizer.model the model was trained with")
+            f"'{importer.plugin}') with no {TOKENIZER_FILE} beside the weights",
+            hint="pass --tokenizer with the SentencePiece .model the model was trained with (a toolkit run's "
+                 "tokenizer.model, LLaMA's for Apple's OpenELM); toolkit-export copies a run's into the export")
     model = importer.factory.load(path)
     model.eval().to(device)
     return LanguageModel(model, load_tokenizer(tokenizer or beside), torch.device(device),

@@ -128,7 +128,8 @@ def train_tokenizer(
         reason = reason.rsplit("] ", 1)[-1]
         names = ", ".join(p.name for p in shard_paths[:3]) + (", ..." if len(shard_paths) > 3 else "")
         raise DataError(f"training a {vocab_size}-token tokenizer on {names} failed: {reason}",
-                        hint="change vocab_size: byte fallback needs 256 + the corpus's characters, "
+                        hint="change data.vocab_size (toolkit-tokenizer: --vocab-size): byte fallback needs "
+                             "256 + the corpus's characters, "
                              "and a small corpus supports only a small vocabulary") from error
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

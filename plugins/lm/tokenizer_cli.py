@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from plugins.lm.shard_paths import text_shard_paths
 from plugins.lm.tokenizer import load_tokenizer, train_tokenizer
 from toolkit.cli.common import ArgumentParser, run_cli
-from toolkit.data.shards import expand_shard_pattern
 from toolkit.files import atomic_path
 
 
@@ -20,7 +20,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="toolkit-tokenizer", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a SentencePiece model on the .txt samples of shards")
-    train.add_argument("--shards", required=True, help="glob or brace pattern of .tar shards")
+    train.add_argument("--shards", required=True,
+                       help="glob or brace pattern of .tar shards, or a folder of them (its train-*.tar); "
+                            "plain text: run tools/build_text_shards.py first")
     train.add_argument("--vocab-size", type=int, required=True)
     train.add_argument("--out", required=True, help="output FILE.model")
     train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
@@ -33,7 +35,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     if arguments.command == "train":
-        shards = expand_shard_pattern(arguments.shards)
+        shards = text_shard_paths(arguments.shards, "--shards")
         out = Path(arguments.out)
         with atomic_path(out) as temporary:  # two runs building the same file never share a temporary
             train_tokenizer(shards, arguments.vocab_size, temporary, arguments.model_type, arguments.threads)

@@ -393,20 +393,3 @@ def write_hf(config: OpenELMConfig, state: dict[str, torch.Tensor], out_dir: str
         save_file(state, str(staging / SAFETENSORS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     return out_dir
-
-
-def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries=None) -> Path:
-    """Export a toolkit OpenELM checkpoint (or a run's latest) to the HF layout in `out_dir`.
-
-    `load_model` checks the recipe's model and that the weights fit it; the tensors written are the
-    checkpoint file's own (same dtype and bits), not the model's float32 copies of them.
-    """
-    from toolkit.checkpoint import load_model
-
-    loaded = load_model(checkpoint_or_run_dir, registries=registries)
-    if not isinstance(loaded.model, OpenELM):
-        name = (loaded.recipe.get("model") or {}).get("name")
-        raise CheckpointError(f"{loaded.checkpoint_dir}: model {name!r} is {type(loaded.model).__name__}, "
-                              f"not OpenELM; only OpenELM models export to the Hugging Face layout")
-    state = load_weights(loaded.checkpoint_dir / "model.safetensors")
-    return write_hf(loaded.model.config, state, out_dir)

@@ -1,10 +1,14 @@
-"""`toolkit-export`: write a trained OpenELM checkpoint in the Hugging Face `apple/OpenELM-*` layout.
+"""`toolkit-export`: write a trained OpenELM checkpoint as a stand-alone Hugging Face directory.
 
     toolkit-export --format hf runs/openelm-270M --out exported/openelm-270M
 
 CHECKPOINT_OR_RUN_DIR is one `step-NNNNNN/` checkpoint or a run directory (its latest checkpoint).
-DIR receives `config.json` and `model.safetensors`; it must not exist yet (or be empty), and it
-appears only once both files are complete.
+DIR receives the `apple/OpenELM-*` layout (`config.json`, `model.safetensors`), the run's
+tokenizer (`tokenizer.model` and transformers' tokenizer files) and modelling code of our own,
+so that `toolkit-generate`, `toolkit-eval` and transformers'
+`AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` all load it with its tokenizer
+(see plugins/openelm/hf_export.py). DIR must not exist yet (or be empty); it appears only once
+every file is complete.
 """
 
 from __future__ import annotations
@@ -22,17 +26,18 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("path", metavar="CHECKPOINT_OR_RUN_DIR", help="checkpoint directory or run directory")
     parser.add_argument("--format", choices=FORMATS, required=True, help="output layout (hf: Hugging Face)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output directory (created)")
+    parser.add_argument("--tokenizer", metavar="FILE", default=None,
+                        help="SentencePiece .model to ship (default: the run's tokenizer.model, else the "
+                             "recipe's data.tokenizer)")
     return parser.parse_args(argv)
 
 
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
-    from plugins.openelm.convert import (
-        export_hf,  # imports torch; only once the arguments are good
-    )
+    from plugins.openelm.hf_export import EXPORT_FILES, export_hf  # imports torch: only once the arguments are good
 
-    out_dir = export_hf(arguments.path, arguments.out)
-    print(f"wrote {out_dir} (config.json, model.safetensors)")
+    out_dir = export_hf(arguments.path, arguments.out, tokenizer=arguments.tokenizer)
+    print(f"wrote {out_dir} ({', '.join(EXPORT_FILES)})")
     return 0
 
 

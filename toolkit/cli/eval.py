@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -34,11 +35,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model",
                         help="toolkit run or checkpoint directory, Hugging Face model directory, or .gguf file")
     parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer file for models that ship none (Hugging Face OpenELM: LLaMA's tokenizer.model)")
+                        help="tokenizer file for models that ship none (Apple's OpenELM: LLaMA's tokenizer.model; "
+                             "toolkit runs and exports carry their own)")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate at most N items (windows, questions, or templates per set)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--output", type=Path, default=None, help="default: eval/<evaluator>-<model dir name>")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: eval/<evaluator>-<model name>-<8 hex digits of the model's full path>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace results of another evaluator or model already in the output directory")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     arguments = parser.parse_intermixed_args(argv)
@@ -55,6 +60,15 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
             raise EvaluationError(f"evaluator option '{pair}' is not key=value")
         options[key.strip()] = value
     return options
+
+
+def default_output(evaluator: str, model: str) -> Path:
+    """`eval/<evaluator>-<model name>-<hash>`: two models of one name (`runs/a/tiny`, `runs/b/tiny`)
+    never share a directory, as lm-evaluation-harness keeps one folder per model path; the same
+    model gets the same directory again, so an interrupted evaluation resumes there."""
+    resolved = Path(model).resolve()
+    digest = hashlib.sha256(str(resolved).encode("utf-8")).hexdigest()[:8]
+    return Path("eval") / f"{evaluator}-{resolved.name}-{digest}"
 
 
 def main_with_arguments(argv: list[str]) -> int:
@@ -84,7 +98,7 @@ def main_with_arguments(argv: list[str]) -> int:
     # Everything that can be refused is checked before the output directory is touched.
     model_options = {"tokenizer": arguments.tokenizer} if arguments.tokenizer else {}
     model = evaluator.load_model(arguments.model, device, **model_options)
-    output = arguments.output or Path("eval") / f"{component.name}-{Path(arguments.model).resolve().name}"
+    output = arguments.output or default_output(component.name, arguments.model)
     fingerprint = {
         "evaluator": component.name,
         "plugin": component.plugin,
@@ -94,7 +108,8 @@ def main_with_arguments(argv: list[str]) -> int:
         "limit": arguments.limit,
     }
     results = run_evaluation(evaluator, model, output, fingerprint, limit=arguments.limit,
-                             batch_size=arguments.batch_size, progress=not arguments.no_progress)
+                             batch_size=arguments.batch_size, progress=not arguments.no_progress,
+                             overwrite=arguments.overwrite)
     shown = {key: value for key, value in results["metrics"].items() if isinstance(value, (int, float))}
     print(json.dumps(shown))
     print(f"wrote {output / RESULTS_FILE}", file=sys.stderr)

@@ -39,8 +39,8 @@ def test_factory_builds_batches_and_run_files(small_corpus, small_tokenizer_path
     assert build_config(TextShardsConfig, {"seq_len": 64}, "data").seq_len == 64
 
 
-def test_no_val_shards_means_no_validation(small_corpus):
-    assert build_text_shards(small_config(small_corpus, val_shards=""), "val", ShardInfo()) is None
+def test_val_shards_none_means_no_validation(small_corpus):
+    assert build_text_shards(small_config(small_corpus, val_shards="none"), "val", ShardInfo()) is None
     with pytest.raises(DataError, match="splits 'train' and 'val'"):
         build_text_shards(small_config(small_corpus), "test", ShardInfo())
 

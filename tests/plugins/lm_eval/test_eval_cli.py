@@ -89,6 +89,40 @@ def test_gsm_symbolic_end_to_end(workspace, tmp_path):
     assert metrics["accuracy_mean"] == pytest.approx(sum(metrics["per_set_accuracy"].values()) / 2, abs=1e-12)
     assert len(samples) == 4 * 3 and all("Q:" not in sample["completion"] for sample in samples)
     assert ("plot" in metrics) == (output / "accuracy_distribution.png").is_file()
+    # 8-shot prompts do not fit a 64-token context: said once, with counts, and kept in results.json.
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "prompts are longer than the model's context of 64 tokens" in warnings[0]
+    assert warnings[0].startswith("warning: 12 of 12 prompts")
+    assert json.loads((output / RESULTS_FILE).read_text())["notes"] == [warnings[0].removeprefix("warning: ")]
+
+
+def test_two_models_of_one_name_never_share_results(workspace, tmp_path, capsys, monkeypatch):
+    """Default directories differ by the model's full path; an explicit one holding another model's
+    results is refused unless --overwrite (as lm-evaluation-harness keeps one folder per model)."""
+    monkeypatch.chdir(tmp_path)
+    other = tmp_path / "elsewhere" / "run"  # the same run name in another place
+    shutil.copytree(workspace / "run", other)
+    common = ["perplexity", "--limit", "1", f"shards={workspace / 'shards' / 'val-*.tar'}", "--device", "cpu",
+              "--no-progress"]
+
+    def evaluate(model, *extra) -> subprocess.CompletedProcess:
+        code = run_cli(main_with_arguments, [*common, "--model", str(model), *extra])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess([], code, captured.out, captured.err)
+
+    assert evaluate(workspace / "run").returncode == 0 and evaluate(other).returncode == 0
+    folders = sorted(path.name for path in (tmp_path / "eval").iterdir())
+    assert len(folders) == 2 and all(name.startswith("perplexity-run-") for name in folders)
+    shared = tmp_path / "shared"
+    assert evaluate(workspace / "run", "--output", str(shared)).returncode == 0
+    before = (shared / RESULTS_FILE).read_text()
+    refused = evaluate(other, "--output", str(shared))
+    assert_one_line_error(refused, f"{shared}: holds perplexity results of another model, {workspace / 'run'}",
+                          "--overwrite")
+    assert (shared / RESULTS_FILE).read_text() == before
+    assert evaluate(workspace / "run", "--output", str(shared)).returncode == 0  # the same model: re-run
+    assert evaluate(other, "--output", str(shared), "--overwrite").returncode == 0
+    assert json.loads((shared / RESULTS_FILE).read_text())["model"] == str(other)
 
 
 def test_unknown_evaluator_is_one_error_line_with_a_suggestion(workspace, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import stat
@@ -19,12 +20,12 @@ from plugins.openelm.config import PRESETS, OpenELMConfig
 from plugins.openelm.convert import (
     config_from_hf,
     config_to_hf,
-    export_hf,
     import_openelm,
     load_corenet_pt,
     state_from_hf,
     state_to_hf,
 )
+from plugins.openelm.hf_export import EXPORT_FILES, export_hf
 from plugins.openelm.model import OpenELM
 from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
 from toolkit.errors import CheckpointError
@@ -57,12 +58,27 @@ def tiny_model(seed: int = 0, **overrides) -> OpenELM:
     return OpenELM(OpenELMConfig(**{**TINY, **overrides}))
 
 
+@functools.cache
+def tiny_tokenizer_bytes() -> bytes:
+    """A 60-piece SentencePiece model (fits TINY's 97-token vocabulary), trained once."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(["the cat sat on the mat", "a dog ran to the park", "birds sing at dawn"] * 20),
+        model_writer=model, vocab_size=60, model_type="bpe", hard_vocab_limit=False, minloglevel=2)
+    return model.getvalue()
+
+
 def make_run(tmp_path, model: torch.nn.Module, model_section: dict):
     run = tmp_path / "run"
     run.mkdir()
     content = CheckpointContent(step=3, model=model.state_dict(), optimizer={}, scheduler={},
                                      trainer_state={"step": 3}, recipe_yaml=yaml.safe_dump({"model": model_section}))
     save_checkpoint(run, content, keep_last=1)
+    (run / "tokenizer.model").write_bytes(tiny_tokenizer_bytes())  # what training copies into a run
     return run
 
 
@@ -147,8 +163,9 @@ def test_export_import_round_trip_is_bit_identical(tmp_path, tied):
     model = tiny_model(tie_embeddings=tied).to(torch.bfloat16)
     run = make_run(tmp_path, model, {"name": "openelm", **TINY, "tie_embeddings": tied})
     out = export_hf(run, tmp_path / "hf")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FILES)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert (out / "tokenizer.model").read_bytes() == tiny_tokenizer_bytes()
     raw = load_file(str(out / "model.safetensors"))
     assert ("lm_head.weight" in raw) is (not tied)
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"

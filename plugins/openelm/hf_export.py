@@ -1,0 +1,157 @@
+"""`toolkit-export --format hf`'s output: a Hugging Face directory that stands alone.
+
+    config.json                          Apple's OpenELM keys + `auto_map` naming the two files below
+    model.safetensors                    the checkpoint's tensors (`transformer.` names)
+    configuration_toolkit_openelm.py     modelling code of our own (torch + transformers only), so
+    modeling_toolkit_openelm.py          AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True) works
+    tokenizer.model                      the SentencePiece model the run trained with
+    tokenizer_config.json                how transformers wraps it (LlamaTokenizer: a SentencePiece model)
+    special_tokens_map.json, generation_config.json
+
+The toolkit starts every document after an end-of-text token, so the tokenizer config declares
+that token (`</s>`) as the one put before a text: `tokenizer(prompt)` in transformers gives the ids
+`toolkit-generate` feeds the model, and greedy continuations agree. `toolkit-generate` and
+`toolkit-eval` read the same directory through the `openelm-hf` importer with the same
+`tokenizer.model`. The directory appears only once every file is complete: it is assembled under
+a temporary name beside the target, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plugins.openelm.convert import CONFIG_FILE, write_hf
+from plugins.openelm.model import OpenELM
+from toolkit.checkpoint import load_weights
+from toolkit.errors import CheckpointError
+from toolkit.files import atomic_path
+
+TOKENIZER_FILE = "tokenizer.model"
+CODE_DIRECTORY = Path(__file__).with_name("hf_code")
+CONFIGURATION_MODULE = "configuration_toolkit_openelm"
+MODELING_MODULE = "modeling_toolkit_openelm"
+AUTO_MAP = {
+    "AutoConfig": f"{CONFIGURATION_MODULE}.ToolkitOpenELMConfig",
+    "AutoModelForCausalLM": f"{MODELING_MODULE}.ToolkitOpenELMForCausalLM",
+}
+EXPORT_FILES = (CONFIG_FILE, "model.safetensors", f"{CONFIGURATION_MODULE}.py", f"{MODELING_MODULE}.py",
+                TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def find_run_tokenizer(checkpoint_dir: Path, run_dir: Path, recipe: dict[str, Any]) -> Path:
+    """The tokenizer a run trained with: its copy in the checkpoint or run directory, else the
+    recipe's `data.tokenizer`."""
+    candidates = [checkpoint_dir / TOKENIZER_FILE, run_dir / TOKENIZER_FILE]
+    configured = (recipe.get("data") or {}).get("tokenizer")
+    if configured:
+        candidates.append(Path(configured).expanduser())
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"{run_dir}: no {TOKENIZER_FILE} in the run directory and the recipe names no "
+                          "data.tokenizer", hint="pass --tokenizer with the SentencePiece .model the run was "
+                                                 "trained with")
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The pieces transformers needs named: end-of-text (also the document start) and unknown."""
+
+    eos: str
+    eos_id: int
+    unk: str | None
+
+
+def special_tokens(tokenizer_path: Path, model_vocab_size: int) -> SpecialTokens:
+    """The special pieces of a SentencePiece model, checked to fit the model's vocabulary."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.load(str(tokenizer_path))
+    except (OSError, RuntimeError) as error:
+        raise CheckpointError(f"{tokenizer_path}: not a SentencePiece model "
+                              f"({str(error).splitlines()[0] if str(error) else 'unreadable'})") from error
+    if processor.get_piece_size() > model_vocab_size:
+        raise CheckpointError(f"{tokenizer_path}: {processor.get_piece_size()} tokens, more than the model's "
+                              f"vocab_size {model_vocab_size}", hint="export with the tokenizer the run trained with")
+    if processor.eos_id() < 0:
+        raise CheckpointError(f"{tokenizer_path}: the tokenizer has no end-of-sequence token")
+    unk = processor.id_to_piece(processor.unk_id()) if processor.unk_id() >= 0 else None
+    return SpecialTokens(processor.id_to_piece(processor.eos_id()), processor.eos_id(), unk)
+
+
+def tokenizer_files(tokens: SpecialTokens, context_length: int) -> dict[str, dict[str, Any]]:
+    """tokenizer_config.json, special_tokens_map.json and generation_config.json for transformers."""
+    eos, eos_id = tokens.eos, tokens.eos_id
+    special = {"bos_token": eos, "eos_token": eos, "pad_token": eos, **({"unk_token": tokens.unk} if tokens.unk else {})}
+    tokenizer_config = {
+        "tokenizer_class": "LlamaTokenizer",  # the SentencePiece-backed class transformers knows
+        # Documents start after the end-of-text token in training: transformers puts it before a text.
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "legacy": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": context_length,
+        "padding_side": "left",
+        **special,
+    }
+    generation = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id, "do_sample": False}
+    return {"tokenizer_config.json": tokenizer_config, "special_tokens_map.json": special,
+            "generation_config.json": generation}
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def _complete(directory: Path, tokenizer: Path, tokens: SpecialTokens, context_length: int) -> None:
+    """Add auto_map, the modelling code and the tokenizer files to a directory write_hf produced."""
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    config.update(auto_map=AUTO_MAP, bos_token_id=tokens.eos_id, eos_token_id=tokens.eos_id)
+    _write_json(directory / CONFIG_FILE, config)
+    for module in (CONFIGURATION_MODULE, MODELING_MODULE):
+        shutil.copyfile(CODE_DIRECTORY / f"{module}.py", directory / f"{module}.py")
+    shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
+    for name, value in tokenizer_files(tokens, context_length).items():
+        _write_json(directory / name, value)
+
+
+def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries=None,
+              tokenizer: str | Path | None = None) -> Path:
+    """Export a toolkit OpenELM checkpoint (or a run's latest) as a stand-alone HF directory `out_dir`.
+
+    `load_model` checks the recipe's model and that the weights fit it; the tensors written are the
+    checkpoint file's own (same dtype and bits), not the model's float32 copies of them.
+    `tokenizer` replaces the run's own tokenizer.model.
+    """
+    from toolkit.checkpoint import load_model
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CheckpointError(f"{out_dir}: already exists and is not an empty directory")
+    loaded = load_model(checkpoint_or_run_dir, registries=registries)
+    if not isinstance(loaded.model, OpenELM):
+        name = (loaded.recipe.get("model") or {}).get("name")
+        raise CheckpointError(f"{loaded.checkpoint_dir}: model {name!r} is {type(loaded.model).__name__}, "
+                              f"not OpenELM; only OpenELM models export to the Hugging Face layout")
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise CheckpointError(f"--tokenizer {tokenizer}: no such file")
+    tokenizer_path = Path(tokenizer) if tokenizer else find_run_tokenizer(
+        loaded.checkpoint_dir, loaded.run_dir, loaded.recipe)
+    config = loaded.model.config
+    tokens = special_tokens(tokenizer_path, config.vocab_size)
+    state = load_weights(loaded.checkpoint_dir / "model.safetensors")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # atomic_path renames the finished staging directory onto `out_dir` (empty, checked above) with
+    # the umask's permissions (safetensors writes 0600) and everything fsynced; on failure nothing
+    # is left behind.
+    with atomic_path(out_dir) as staging:
+        write_hf(config, state, staging)
+        _complete(staging, tokenizer_path, tokens, config.max_context_length)
+    return out_dir
