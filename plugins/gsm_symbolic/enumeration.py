@@ -1,0 +1,256 @@
+"""Exact sampling for templates whose conditions independent rejection rarely meets.
+
+The `#init` lines that the conditions read are walked depth first: each line's domain is turned
+into its population (the values a draw picks from, each with its probability), every condition is
+checked as soon as the lines it reads are bound, and a branch stops at the first failed one. The
+leaves that pass are the valid draws, each weighted by the probability independent draws would have
+given it; picking among them by weight gives exactly the distribution of rejection sampling, only
+without the rejections. The walk has a step limit: a template whose valid draws cannot be listed
+within it stays with rejection sampling.
+"""
+
+from __future__ import annotations
+
+import ast
+import bisect
+import itertools
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from plugins.gsm_symbolic.expressions import Context, Expression, evaluate, sub_expression
+from plugins.gsm_symbolic.helpers import RANDOM_HELPERS
+from plugins.gsm_symbolic.template import Assignment
+
+ENUMERATION_LIMIT = 60_000  # branches walked before the listing stops at the levels done
+PERMUTATION_LIMIT = 50_000  # ordered picks of several names from one population
+
+
+class NotEnumerable(Exception):
+    """The relevant lines cannot be listed (a random helper inside arithmetic, too many branches)."""
+
+
+@dataclass(frozen=True)
+class Solutions:
+    """The valid bindings of the relevant lines, with cumulative weights for picking by weight."""
+
+    bindings: list[tuple[tuple[Any, ...], ...]]  # per solution: per listed line, the picked items
+    cumulative: list[float]
+    acceptance: float  # probability that one independent draw meets the listed lines' conditions
+    depth: int  # lines listed (all of them, or a prefix: the rest are drawn by rejection)
+
+    def pick(self, rng: random.Random) -> tuple[tuple[Any, ...], ...]:
+        point = rng.random() * self.cumulative[-1]  # by weight: the independent-draw probability
+        return self.bindings[bisect.bisect_right(self.cumulative, point)]
+
+
+def _has_random_call(node: ast.AST) -> bool:
+    return any(isinstance(child, ast.Call) and ast.unparse(child.func) in RANDOM_HELPERS for child in ast.walk(node))
+
+
+def _weighted(items: list[tuple[tuple[Any, ...], float]]) -> list[tuple[tuple[Any, ...], float]]:
+    """Merge equal picks (a population such as `[...] * 3` repeats them) into one weighted branch."""
+    try:
+        merged: Counter = Counter()
+        for item, weight in items:
+            merged[item] += weight
+        return list(merged.items())
+    except TypeError:  # unhashable items (lists): keep every branch
+        return items
+
+
+class LinePopulations:
+    """For one `#init` line: a function from the environment to its weighted picks, or NotEnumerable."""
+
+    def __init__(self, assignment: Assignment) -> None:
+        self.assignment = assignment
+        body = assignment.domain.tree.body
+        self.count = len(assignment.names)
+        self.kind = "value"
+        self.population: Expression | None = None
+        self.size: Expression | None = None
+        if isinstance(body, ast.Call) and ast.unparse(body.func) in RANDOM_HELPERS:
+            name = ast.unparse(body.func)
+            if any(_has_random_call(argument) for argument in body.args) or not body.args:
+                raise NotEnumerable
+            if name == "shuffle_list":
+                raise NotEnumerable
+            if name == "np.random.randint":
+                # One of several independent uniform draws is itself uniform over [low, high).
+                self.kind = "randint"
+                self.population = sub_expression(assignment.domain, ast.Tuple(body.args[:2], ast.Load()))
+                return
+            self.kind = "sequential" if name == "sample_sequential" else "sample"
+            self.population = sub_expression(assignment.domain, body.args[0])
+            if len(body.args) > 1:
+                self.size = sub_expression(assignment.domain, body.args[1])
+            return
+        if _has_random_call(body):
+            # One pick from a shuffled list is one pick from the list: shuffling may stay.
+            shuffles_only = all(ast.unparse(node.func) == "shuffle_list" for node in ast.walk(body)
+                                if isinstance(node, ast.Call) and ast.unparse(node.func) in RANDOM_HELPERS)
+            if not (shuffles_only and self.count == 1):
+                raise NotEnumerable
+
+    def picks(self, environment: dict[str, Any], context: Context) -> list[tuple[tuple[Any, ...], float]]:
+        if self.kind == "value":
+            value = evaluate(self.assignment.domain, environment, context)
+            return self._from_value(value)
+        assert self.population is not None
+        population = evaluate(self.population, environment, context)
+        if self.kind == "randint":
+            low, high = population if len(population) == 2 and population[1] is not None else (0, population[0])
+            return self._choose_one(range(low, high))
+        if self.size is None:
+            return self._choose_one(population)
+        size = evaluate(self.size, environment, context)
+        if size != self.count:
+            raise NotEnumerable  # one name bound to a list of picks: listing them all is not worth it
+        return self._choose_several(population, ordered=self.kind == "sample")
+
+    def _from_value(self, value: Any) -> list[tuple[tuple[Any, ...], float]]:
+        if self.count == 1:
+            if isinstance(value, (list, range)):
+                return self._choose_one(value)
+            return [((value,), 1.0)]
+        if isinstance(value, (list, tuple)) and len(value) == self.count:
+            return [(tuple(value), 1.0)]
+        if isinstance(value, (list, range)) and len(value) > self.count:
+            return self._choose_several(value, ordered=True)
+        raise NotEnumerable
+
+    @staticmethod
+    def _choose_one(population: Any) -> list[tuple[tuple[Any, ...], float]]:
+        if len(population) == 0 or len(population) > ENUMERATION_LIMIT:
+            raise NotEnumerable
+        weight = 1.0 / len(population)
+        return _weighted([((item,), weight) for item in population])
+
+    def _choose_several(self, population: Any, ordered: bool) -> list[tuple[tuple[Any, ...], float]]:
+        size = len(population)
+        if size < self.count:
+            raise NotEnumerable
+        total = math.perm(size, self.count) if ordered else math.comb(size, self.count)
+        if total > PERMUTATION_LIMIT:
+            raise NotEnumerable
+        pick = itertools.permutations if ordered else itertools.combinations
+        weight = 1.0 / total
+        return _weighted([(tuple(population[index] for index in indexes), weight)
+                          for indexes in pick(range(size), self.count)])
+
+
+def _additive_signs(node: ast.expr, name: str, sign: int, found: list[int]) -> bool:
+    """Collect the signs with which `name` occurs as a term of a sum; False when it occurs otherwise."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+        return (_additive_signs(node.left, name, sign, found)
+                and _additive_signs(node.right, name, -sign if isinstance(node.op, ast.Sub) else sign, found))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _additive_signs(node.operand, name, -sign, found)
+    if isinstance(node, ast.Name) and node.id == name:
+        found.append(sign)
+        return True
+    return not any(isinstance(child, ast.Name) and child.id == name for child in ast.walk(node))
+
+
+def _equality_pin(condition: Expression, name: str) -> tuple[Expression, int] | None:
+    """For a condition `left == right` in which `name` is one term of a sum (`total == a + b`,
+    `x + y == 1`), the expression `left - right` and the sign of that term: with `name` set to 0,
+    `name` must equal -sign * (left - right)."""
+    body = condition.tree.body
+    if not (isinstance(body, ast.Compare) and len(body.ops) == 1 and isinstance(body.ops[0], ast.Eq)):
+        return None
+    found: list[int] = []
+    if not (_additive_signs(body.left, name, 1, found) and _additive_signs(body.comparators[0], name, -1, found)):
+        return None
+    if len(found) != 1:
+        return None
+    difference = ast.BinOp(body.left, ast.Sub(), body.comparators[0])
+    return sub_expression(condition, difference), found[0]
+
+
+def _by_value(picks: list[tuple[tuple[Any, ...], float]], numeric: bool) -> dict[Any, list]:
+    """Picks grouped by the value a variable takes from them (a `$` variable takes the number of
+    a `(text, number)` pair), for looking up the ones an equality pins."""
+    groups: dict[Any, list] = {}
+    for item, weight in picks:
+        value = item[0]
+        if numeric and isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+            value = value[1]
+        try:
+            groups.setdefault(value, []).append((item, weight))
+        except TypeError:
+            continue  # an unhashable pick (a list) is never pinned
+    return groups
+
+
+def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple[Any, ...], dict[str, Any]], None],
+                        checks: list[list[Expression]], environment: dict[str, Any], context: Context,
+                        variables: frozenset[str], limit: int = ENUMERATION_LIMIT) -> Solutions:
+    """Every valid binding of `lines` (bound in order by `bind`; `checks[i]` are the conditions
+    that become checkable once line i is bound), weighted by its independent-draw probability,
+    listed level by level. When the next level would pass `limit` branches, the valid bindings of
+    the levels listed so far are returned (`depth` says how many): picking one of those by weight
+    and drawing the remaining lines by rejection is still exact, and far likelier to succeed.
+
+    A line whose domain reads no variable has its picks listed once. A one-name line that a
+    condition pins (`total == a + b`) is not walked at all: the pinned value is looked up among
+    its picks, which narrows the walk from the whole range to at most one branch.
+    """
+    static: list[list | None] = []
+    pinned: list[tuple | None] = []
+    for line, conditions in zip(lines, checks):
+        reads_variables = isinstance(line, LinePopulations) and bool(line.assignment.domain.names & variables)
+        picks = None if reads_variables else line.picks(environment, context)
+        static.append(picks)
+        pin = None
+        if picks is not None and isinstance(line, LinePopulations) and line.count == 1:
+            numeric = line.assignment.numeric[0]
+            for condition in conditions:
+                found = _equality_pin(condition, line.assignment.names[0])
+                if found is not None:
+                    pin = (found, line.assignment.names[0], _by_value(picks, numeric))
+                    break
+        pinned.append(pin)
+    frontier: list[tuple[tuple[Any, ...], float]] = [((), 1.0)]
+    walked = 0
+    for level, conditions in enumerate(checks):
+        expanded: list[tuple[tuple[Any, ...], float]] = []
+        for path, weight in frontier:
+            # Rebind the path: one environment serves every node, a level reads only names above it.
+            for above, item in enumerate(path):
+                bind(above, item, environment)
+            picks = static[level]
+            if picks is None:
+                picks = lines[level].picks(environment, context)
+            if pinned[level] is not None:
+                (difference, sign), name, lookup = pinned[level]
+                environment[name] = 0
+                value = evaluate(difference, environment, context)
+                value = -value if sign > 0 else value
+                if isinstance(value, float):
+                    value = round(value, 10)
+                try:
+                    picks = lookup.get(value, [])
+                except TypeError:  # an unhashable value: nothing pinned can equal it
+                    picks = []
+            walked += len(picks)
+            if walked > limit:
+                if level == 0:
+                    raise NotEnumerable
+                return _solutions(frontier, level)  # the levels above, listed; the rest by rejection
+            for item, item_weight in picks:
+                bind(level, item, environment)
+                if all(evaluate(condition, environment, context) for condition in conditions):
+                    expanded.append((path + (item,), weight * item_weight))
+        frontier = expanded
+        if not frontier:
+            break
+    return _solutions(frontier, len(checks))
+
+
+def _solutions(frontier: list[tuple[tuple[Any, ...], float]], depth: int) -> Solutions:
+    cumulative = list(itertools.accumulate(weight for _, weight in frontier))
+    return Solutions([path for path, _ in frontier], cumulative, cumulative[-1] if cumulative else 0.0, depth)

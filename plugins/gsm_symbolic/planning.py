@@ -1,0 +1,95 @@
+"""Planning a template's draws: which `#init` lines the conditions constrain, in which groups, in
+which order.
+
+Lines the conditions never read (names, items, free numbers) are drawn after the search, once.
+The constrained lines split into independent components: two lines are in one component when a
+condition reads both, or when one's domain reads the other. Components are drawn independently,
+which is exact (the conditions factor over them) and turns one search over the product of all
+ranges into several small ones. Within a component, lines are ordered so that every condition is
+checked as early as its lines allow, so a failing draw stops after few lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from plugins.gsm_symbolic.enumeration import Solutions
+from plugins.gsm_symbolic.expressions import Expression
+from plugins.gsm_symbolic.template import Template
+
+
+@dataclass
+class Component:
+    """Lines drawn together (in binding order) and the conditions checked after each one."""
+
+    lines: list[int]
+    checks: list[list[Expression]]
+    solutions: Solutions | None = None  # set when the valid draws were listed
+    draws: int = 0
+    valid: int = 0
+
+
+@dataclass
+class Plan:
+    components: list[Component]
+    rest: list[int]  # lines no condition constrains, in file order
+    constant_checks: list[Expression] = field(default_factory=list)  # conditions that read no variable
+
+
+def _order(lines: list[int], dependencies: dict[int, set[int]], condition_lines: list[set[int]]) -> list[int]:
+    """Greedy order: next the available line that completes the most conditions, else the one
+    closest to completing some condition; ties keep the file order."""
+    remaining, bound, order = set(lines), set(), []
+    while remaining:
+        available = [line for line in sorted(remaining) if dependencies[line] <= bound] or sorted(remaining)[:1]
+
+        def score(line: int) -> tuple[int, int, int]:
+            after = bound | {line}
+            completed = sum(1 for needed in condition_lines if line in needed and needed <= after)
+            closest = min((len(needed - after) for needed in condition_lines if line in needed), default=99)
+            return completed, -closest, -line
+        best = max(available, key=score)
+        order.append(best)
+        bound.add(best)
+        remaining.discard(best)
+    return order
+
+
+def plan_components(template: Template) -> Plan:
+    lines = template.assignments
+    line_of = {name: index for index, line in enumerate(lines) for name in line.names}
+    condition_lines = [{line_of[name] for name in condition.names if name in line_of} for condition in template.conditions]
+    needed = set().union(*(condition.names for condition in template.conditions)) if template.conditions else set()
+    relevant: set[int] = set()
+    for index in reversed(range(len(lines))):
+        if any(name in needed for name in lines[index].names):
+            relevant.add(index)
+            needed |= lines[index].domain.names
+    dependencies = {index: {line_of[name] for name in lines[index].domain.names if name in line_of} for index in relevant}
+    # Union-find over the constrained lines.
+    parent = {index: index for index in relevant}
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+    for group in condition_lines + [dependencies[index] | {index} for index in relevant]:
+        members = sorted(group & relevant)
+        for other in members[1:]:
+            parent[root(other)] = root(members[0])
+    groups: dict[int, list[int]] = {}
+    for index in sorted(relevant):
+        groups.setdefault(root(index), []).append(index)
+    components = []
+    for members in groups.values():
+        order = _order(members, dependencies, [needed_lines for needed_lines in condition_lines if needed_lines & set(members)])
+        position = {index: place for place, index in enumerate(order)}
+        checks: list[list[Expression]] = [[] for _ in order]
+        for condition, needed_lines in zip(template.conditions, condition_lines):
+            if needed_lines and needed_lines <= set(members):
+                checks[max(position[index] for index in needed_lines)].append(condition)
+        components.append(Component(order, checks))
+    constant = [condition for condition, needed_lines in zip(template.conditions, condition_lines) if not needed_lines]
+    rest = [index for index in range(len(lines)) if index not in relevant]
+    return Plan(components, rest, constant)
