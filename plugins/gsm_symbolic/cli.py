@@ -78,6 +78,8 @@ def run(argv: list[str]) -> int:
         except TemplateError as error:
             reason = error.one_line()
             refused.append(reason if reason.startswith(str(path)) else f"{path}: {reason}")
+            if len(paths) == 1:
+                raise TemplateError(refused[-1]) from None  # the one `error:` line names file and line
             print(f"refused: {refused[-1]}", file=sys.stderr)
             stats_rows.append(stats_row(path, None, reason))
             continue

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from plugins.gsm_symbolic.expressions import Context, Expression, evaluate, sub_expression
+from plugins.gsm_symbolic.errors import TemplateError
+from plugins.gsm_symbolic.expressions import Context, Expression, FatalTemplateError, evaluate, sub_expression
 from plugins.gsm_symbolic.helpers import RANDOM_HELPERS
 from plugins.gsm_symbolic.template import Assignment
 
@@ -243,12 +244,21 @@ def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple
                 return _solutions(frontier, level)  # the levels above, listed; the rest by rejection
             for item, item_weight in picks:
                 bind(level, item, environment)
-                if all(evaluate(condition, environment, context) for condition in conditions):
+                if _holds(conditions, environment, context):
                     expanded.append((path + (item,), weight * item_weight))
         frontier = expanded
         if not frontier:
             break
     return _solutions(frontier, len(checks))
+
+
+def _holds(conditions: list[Expression], environment: dict[str, Any], context: Context) -> bool:
+    try:
+        return all(evaluate(condition, environment, context) for condition in conditions)
+    except FatalTemplateError:
+        raise
+    except TemplateError:  # e.g. a division by zero on this branch only: the branch is not valid
+        return False
 
 
 def _solutions(frontier: list[tuple[tuple[Any, ...], float]], depth: int) -> Solutions:

@@ -26,7 +26,7 @@ from typing import Any
 
 from plugins.gsm_symbolic.errors import Location, TemplateError
 from plugins.gsm_symbolic.helpers import (
-    HELPER_NAMES, MAX_EXPONENT, MAX_INTEGER_BITS, MAX_SEQUENCE_LENGTH, PURE_HELPERS, RANDOM_HELPERS,
+    HELPER_NAMES, LimitError, MAX_EXPONENT, MAX_INTEGER_BITS, MAX_SEQUENCE_LENGTH, PURE_HELPERS, RANDOM_HELPERS,
     check_value, contains, divides, is_int, measure, size_of,
 )
 
@@ -46,8 +46,12 @@ class BudgetExceeded(Exception):
     """Raised inside evaluation when the template's step budget is spent."""
 
 
-class BudgetError(TemplateError):
-    """A template spent its evaluation budget: refused as a whole, never retried draw by draw."""
+class FatalTemplateError(TemplateError):
+    """A template is refused as a whole, never retried draw by draw: a size limit or its budget."""
+
+
+class BudgetError(FatalTemplateError):
+    """A template spent its evaluation budget."""
 
 
 @dataclass
@@ -75,9 +79,9 @@ def _safe_power(left: Any, right: Any) -> Any:
     # Refuse before computing: `10**10**10` would exhaust memory first.
     if isinstance(right, (int, float, Fraction)) and not isinstance(right, bool):
         if abs(right) > MAX_EXPONENT:
-            raise ValueError(f"exponent {right} exceeds the limit of {MAX_EXPONENT}")
+            raise LimitError(f"exponent {right} exceeds the limit of {MAX_EXPONENT}")
         if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > MAX_INTEGER_BITS:
-            raise ValueError(f"power would exceed {MAX_INTEGER_BITS} bits")
+            raise LimitError(f"power would exceed {MAX_INTEGER_BITS} bits")
     return left ** right
 
 
@@ -92,7 +96,7 @@ def _safe_multiply(left: Any, right: Any) -> Any:
         if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and count > 0:
             # `[[0] * 10**5] * 10**5` is refused here, before ten billion items exist.
             if measure(sequence) * count > MAX_SEQUENCE_LENGTH or len(sequence) * count > MAX_SEQUENCE_LENGTH:
-                raise ValueError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items)")
+                raise LimitError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items)")
     return left * right
 
 
@@ -203,7 +207,7 @@ def parse_expression(text: str, location: Location) -> Expression:
     source = strip_numeric_marks(text.strip())
     shown = source if len(source) <= 80 else source[:77] + "..."
     if len(source) > MAX_EXPRESSION_LENGTH:
-        raise location.error(f"expression of {len(source)} characters (limit {MAX_EXPRESSION_LENGTH}): {shown!r}")
+        raise location.error(f"expression of {len(source):,} characters (limit {MAX_EXPRESSION_LENGTH}): {shown!r}")
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as error:
@@ -289,7 +293,7 @@ def _binary(node: ast.BinOp) -> Callable[[Environment, Context], Any]:
         if type(a) in PLAIN_NUMBERS and type(b) in PLAIN_NUMBERS:
             result = fast(a, b)
             if type(result) is int and not -INTEGER_LIMIT < result < INTEGER_LIMIT:
-                raise ValueError(f"number too large (over {MAX_INTEGER_BITS} bits)")
+                raise LimitError(f"number too large (over {MAX_INTEGER_BITS} bits)")
             return result
         return general(a, b, context)
     return combine
@@ -390,7 +394,8 @@ _COMPILERS: dict[type, Callable[[Any], Callable[[Environment, Context], Any]]] =
 
 def sub_expression(parent: Expression, node: ast.expr) -> Expression:
     """A part of a checked expression (say a call's first argument) as an expression of its own."""
-    return Expression(ast.unparse(node), ast.Expression(node), parent.location, parent.names, _compile(node),
+    names = frozenset(child.id for child in ast.walk(node) if isinstance(child, ast.Name)) & parent.names
+    return Expression(ast.unparse(node), ast.Expression(node), parent.location, names, _compile(node),
                       sum(1 for _ in ast.walk(node)))
 
 
@@ -413,6 +418,8 @@ def evaluate(expression: Expression, environment: Environment, rng: random.Rando
         raise BudgetError(
             f"{expression.location}: evaluation budget reached (limit {context.budget.limit:,} steps; last expression {expression.text[:80]!r}); "
             "the template's conditions are too costly or too rarely met") from None
+    except LimitError as error:
+        raise FatalTemplateError(f"{expression.location}: cannot evaluate {expression.text[:200]!r}: {error}") from None
     except (ArithmeticError, ValueError, TypeError, NameError, IndexError, KeyError, OverflowError,
             RecursionError, MemoryError, AttributeError) as error:
         raise expression.location.error(f"cannot evaluate {expression.text[:200]!r}: {error}") from None

@@ -24,6 +24,10 @@ DECIMAL_TEXT = re.compile(r"^\s*-?\d{1,30}(\.\d{1,30})?(/\d{1,30})?\s*$")
 FLOAT_DIGITS = 10  # rounding that removes binary noise such as 0.1 + 0.2 = 0.30000000000000004
 
 
+class LimitError(ValueError):
+    """A size limit refused a value: the template, not one draw, is at fault."""
+
+
 def measure(value: Any) -> int:
     """How many items `value` holds, counted through nested lists and tuples (1 for a scalar).
 
@@ -32,7 +36,7 @@ def measure(value: Any) -> int:
     """
     if isinstance(value, str):
         if len(value) > MAX_SEQUENCE_LENGTH:
-            raise ValueError(f"text too long (over {MAX_SEQUENCE_LENGTH} characters)")
+            raise LimitError(f"text too long (over {MAX_SEQUENCE_LENGTH} characters)")
         return 1
     if not isinstance(value, (list, tuple)):
         return 1
@@ -41,10 +45,10 @@ def measure(value: Any) -> int:
     while stack:
         sequence, depth = stack.pop()
         if depth > MAX_VALUE_DEPTH:
-            raise ValueError(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
+            raise LimitError(f"value nested deeper than {MAX_VALUE_DEPTH} levels")
         total += len(sequence)
         if total > MAX_SEQUENCE_LENGTH:
-            raise ValueError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items, nested ones counted)")
+            raise LimitError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items, nested ones counted)")
         for item in sequence:
             if isinstance(item, (list, tuple)):
                 stack.append((item, depth + 1))
@@ -56,10 +60,10 @@ def check_value(value: Any) -> Any:
     kind = type(value)
     if kind is int:
         if value.bit_length() > MAX_INTEGER_BITS:
-            raise ValueError(f"number too large (over {MAX_INTEGER_BITS} bits)")
+            raise LimitError(f"number too large (over {MAX_INTEGER_BITS} bits)")
     elif kind is Fraction:
         if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_INTEGER_BITS:
-            raise ValueError(f"fraction too large (over {MAX_INTEGER_BITS} bits)")
+            raise LimitError(f"fraction too large (over {MAX_INTEGER_BITS} bits)")
     elif kind in (list, tuple, str):
         measure(value)
     return value
@@ -68,7 +72,7 @@ def check_value(value: Any) -> Any:
 def _population(values: Any) -> list[Any] | tuple[Any, ...] | range:
     if isinstance(values, range):
         if len(values) > MAX_RANGE_LENGTH:
-            raise ValueError(f"range holds {len(values)} values (limit {MAX_RANGE_LENGTH})")
+            raise LimitError(f"range holds {len(values)} values (limit {MAX_RANGE_LENGTH})")
         return values
     if isinstance(values, (list, tuple)):
         return values
@@ -79,7 +83,7 @@ def _check_count(count: Any) -> None:
     if not isinstance(count, int) or isinstance(count, bool):
         raise TypeError(f"a count must be an integer, got {count!r}")
     if count > MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"{count} items asked for (limit {MAX_SEQUENCE_LENGTH})")
+        raise LimitError(f"{count} items asked for (limit {MAX_SEQUENCE_LENGTH})")
 
 
 def sample(rng: random.Random, values: Any, k: int | None = None) -> Any:
@@ -126,7 +130,7 @@ def arange(start: float, stop: float | None = None, step: float = 1) -> list[Any
         raise ValueError("arange step must not be zero")
     count = max(0, math.ceil((stop - start) / step))
     if count > MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"arange would hold {count} values (limit {MAX_SEQUENCE_LENGTH})")
+        raise LimitError(f"arange would hold {count} values (limit {MAX_SEQUENCE_LENGTH})")
     return fix_floats([start + index * step for index in range(count)])
 
 
@@ -210,14 +214,14 @@ def rounded(value: Any, digits: int | None = None) -> Any:
 def make_range(*arguments: int) -> range:
     result = range(*arguments)
     if len(result) > MAX_RANGE_LENGTH:
-        raise ValueError(f"range would hold {len(result)} values (limit {MAX_RANGE_LENGTH})")
+        raise LimitError(f"range would hold {len(result)} values (limit {MAX_RANGE_LENGTH})")
     return result
 
 
 def make_list(values: Any = ()) -> list[Any]:
     """`list(...)` of a range, list, tuple or text, refused before it would exceed the size limit."""
     if isinstance(values, range) and len(values) > MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"list of {len(values)} values (limit {MAX_SEQUENCE_LENGTH})")
+        raise LimitError(f"list of {len(values)} values (limit {MAX_SEQUENCE_LENGTH})")
     if not isinstance(values, (range, list, tuple, str)):
         raise TypeError(f"list() of {type(values).__name__}")
     return list(values)

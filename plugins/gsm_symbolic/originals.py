@@ -14,6 +14,7 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from plugins.gsm_symbolic.binding import bind, store
 from plugins.gsm_symbolic.errors import TemplateError
 from plugins.gsm_symbolic.expressions import Context, Expression, evaluate, sub_expression
 from plugins.gsm_symbolic.rendering import words_to_number
@@ -83,8 +84,6 @@ def original_bindings(template: Template, base: dict[str, Any], context: Context
     """Values (and question texts) of every variable at its original; lines without originals
     are drawn. `complete` is False when an original could not be read as a value; with `strict`
     that is an error naming the variable."""
-    from plugins.gsm_symbolic.sampler import _bind, store  # binding rules live with the sampler
-
     originals = template.originals()
     environment, displays, complete = dict(base), {}, True
     for assignment in template.assignments:
@@ -99,7 +98,7 @@ def original_bindings(template: Template, base: dict[str, Any], context: Context
                 store(name, numeric, value, environment, displays)
             continue
         try:
-            _bind(assignment, evaluate(assignment.domain, environment, context), environment, displays, context.rng)
+            bind(assignment, evaluate(assignment.domain, environment, context), environment, displays, context.rng)
         except TemplateError:
             if strict:
                 raise

@@ -11,10 +11,12 @@ checked as early as its lines allow, so a failing draw stops after few lines.
 
 from __future__ import annotations
 
+import ast
+import math
 from dataclasses import dataclass, field
 
 from plugins.gsm_symbolic.enumeration import Solutions
-from plugins.gsm_symbolic.expressions import Expression
+from plugins.gsm_symbolic.expressions import Expression, sub_expression
 from plugins.gsm_symbolic.template import Template
 
 
@@ -55,11 +57,41 @@ def _order(lines: list[int], dependencies: dict[int, set[int]], condition_lines:
     return order
 
 
-def plan_components(template: Template) -> Plan:
+def agreement_condition(template: Template) -> Expression:
+    """`#answer` equals the worked answer's `####` expression, as a condition of its own: added to a
+    template whose draws mostly disagree, so the search looks for the draws where they agree."""
+    gold, final = template.gold, template.final_answer
+
+    def agree(environment, context) -> bool:
+        gold_value, final_value = gold.function(environment, context), final.function(environment, context)
+        try:
+            return math.isclose(float(gold_value), float(final_value), rel_tol=1e-9, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    tree = ast.Expression(ast.Compare(gold.tree.body, [ast.Eq()], [final.tree.body]))
+    return Expression(f"#answer == #### ({gold.text} == {final.text})", tree, gold.location,
+                      gold.names | final.names, agree, gold.steps + final.steps)
+
+
+def split_condition(condition: Expression) -> list[Expression]:
+    """`a < b < c` as `a < b` and `b < c`, `p and q` as `p` and `q`: each part is checked as soon
+    as its own lines are bound, long before the whole chain's are (same truth, the parts are pure)."""
+    body = condition.tree.body
+    if isinstance(body, ast.BoolOp) and isinstance(body.op, ast.And):
+        return [part for value in body.values for part in split_condition(sub_expression(condition, value))]
+    if isinstance(body, ast.Compare) and len(body.ops) > 1:
+        operands = [body.left, *body.comparators]
+        return [sub_expression(condition, ast.Compare(operands[index], [operation], [operands[index + 1]]))
+                for index, operation in enumerate(body.ops)]
+    return [condition]
+
+
+def plan_components(template: Template, extra: tuple[Expression, ...] = ()) -> Plan:
     lines = template.assignments
+    conditions = [part for condition in list(template.conditions) + list(extra) for part in split_condition(condition)]
     line_of = {name: index for index, line in enumerate(lines) for name in line.names}
-    condition_lines = [{line_of[name] for name in condition.names if name in line_of} for condition in template.conditions]
-    needed = set().union(*(condition.names for condition in template.conditions)) if template.conditions else set()
+    condition_lines = [{line_of[name] for name in condition.names if name in line_of} for condition in conditions]
+    needed = set().union(*(condition.names for condition in conditions)) if conditions else set()
     relevant: set[int] = set()
     for index in reversed(range(len(lines))):
         if any(name in needed for name in lines[index].names):
@@ -86,10 +118,10 @@ def plan_components(template: Template) -> Plan:
         order = _order(members, dependencies, [needed_lines for needed_lines in condition_lines if needed_lines & set(members)])
         position = {index: place for place, index in enumerate(order)}
         checks: list[list[Expression]] = [[] for _ in order]
-        for condition, needed_lines in zip(template.conditions, condition_lines):
+        for condition, needed_lines in zip(conditions, condition_lines):
             if needed_lines and needed_lines <= set(members):
                 checks[max(position[index] for index in needed_lines)].append(condition)
         components.append(Component(order, checks))
-    constant = [condition for condition, needed_lines in zip(template.conditions, condition_lines) if not needed_lines]
+    constant = [condition for condition, needed_lines in zip(conditions, condition_lines) if not needed_lines]
     rest = [index for index in range(len(lines)) if index not in relevant]
     return Plan(components, rest, constant)

@@ -20,25 +20,26 @@ import ast
 import math
 import random
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
+from plugins.gsm_symbolic.binding import bind, numeric_value, store
 from plugins.gsm_symbolic.enumeration import LinePopulations, NotEnumerable, enumerate_solutions
 from plugins.gsm_symbolic.errors import TemplateError
-from plugins.gsm_symbolic.expressions import Budget, BudgetError, Context, evaluate, sub_expression
-from plugins.gsm_symbolic.planning import Component, plan_components
-from plugins.gsm_symbolic.noop import insert_before_question, noop_clause
+from plugins.gsm_symbolic.expressions import Budget, Context, FatalTemplateError, evaluate, sub_expression
+from plugins.gsm_symbolic.planning import Component, agreement_condition, plan_components
+from plugins.gsm_symbolic.noop import clause_fit, insert_before_question, noop_clause
 from plugins.gsm_symbolic.originals import VARIANTS, check_variant, held_variables, original_bindings, parse_final_answer
 from plugins.gsm_symbolic.rendering import format_value, json_value, render_answer, render_question
-from plugins.gsm_symbolic.template import Assignment, Template
+from plugins.gsm_symbolic.template import Template
 from plugins.gsm_symbolic.vocabularies import VOCABULARIES
 
 __all__ = ["DEFAULT_MAX_TRIES", "VARIANTS", "Instance", "SamplerStats", "TemplateSampler", "draw_instance",
            "format_value", "generate", "generate_rows", "held_variables", "instance_rng", "json_value"]
 
 DEFAULT_MAX_TRIES = 10_000
-PROBE_TRIES = 1_000  # independent draws that measure a template's acceptance rate
-PROBE_SUCCESSES = 20  # this many valid probe draws (one in 50 or better): rejection sampling is cheap
+PROBE_TRIES = 500  # independent draws that measure a template's acceptance rate
+PROBE_SUCCESSES = 20  # this many valid probe draws (one in 25 or better): rejection sampling is cheap
+AGREEMENT_PROBES = 20  # complete draws checked for `####` == `#answer` before the instances
 INCONSISTENT_LIMIT = 200  # valid draws whose `####` disagrees, none agreeing, before a template is refused
 BASE_BUDGET = 2_000_000  # evaluation steps per template, plus the per-instance share below
 INSTANCE_BUDGET = 50_000
@@ -65,50 +66,12 @@ class SamplerStats:
     solutions: int | None = None  # valid draws listed, when enumerated
     steps: int = 0  # evaluation budget spent
     inconsistent: int = 0  # valid draws whose rendered `####` disagreed with `#answer`
-
-
-def _numeric_value(value: Any) -> float | None:
-    if isinstance(value, tuple) and len(value) == 2:
-        value = value[1]
-    if isinstance(value, (int, float, Fraction)) and not isinstance(value, bool):
-        return float(value)
-    return None
+    noop_fit: float | None = None  # noop variant: mean share of the clause bank that fits an instance
 
 
 def _is_sized_randint(body: ast.expr) -> bool:
     return (isinstance(body, ast.Call) and ast.unparse(body.func) == "np.random.randint" and len(body.args) == 3
             and not any(isinstance(node, ast.Call) for argument in body.args for node in ast.walk(argument)))
-
-
-def store(name: str, numeric: bool, item: Any, environment: dict[str, Any], displays: dict[str, str]) -> None:
-    """Bind one variable: a `$` variable drawn as `(text, number)` takes the number, its text shown."""
-    if numeric and isinstance(item, tuple) and len(item) == 2 and _numeric_value(item[1]) is not None:
-        environment[name] = item[1]
-        displays[name] = item[0] if isinstance(item[0], str) else format_value(item[0])
-    else:
-        environment[name] = item
-        displays.pop(name, None)
-
-
-def _bind(assignment: Assignment, value: Any, environment: dict[str, Any], displays: dict[str, str],
-          rng: random.Random) -> None:
-    """A domain that evaluates to a list or range is sampled from; a single value is used as is."""
-    location = assignment.domain.location
-    count = len(assignment.names)
-    if count == 1:
-        if isinstance(value, (list, range)):
-            if len(value) == 0:
-                raise location.error(f"domain {assignment.domain.text!r} is empty")
-            value = rng.choice(value)
-        items = [value]
-    elif isinstance(value, (list, tuple)) and len(value) == count:
-        items = list(value)
-    elif isinstance(value, (list, range)) and len(value) > count:
-        items = rng.sample(value, count)
-    else:
-        raise location.error(f"cannot assign {count} variables from {assignment.domain.text!r}")
-    for name, numeric, item in zip(assignment.names, assignment.numeric, items):
-        store(name, numeric, item, environment, displays)
 
 
 class TemplateSampler:
@@ -129,6 +92,7 @@ class TemplateSampler:
         self.base: dict[str, Any] = dict(VOCABULARIES)
         self.held: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
         self.probed = False
+        self.agreement_required = False
         self.consistent = 0  # instances whose `####` agreed with `#answer`
         self.last_error: TemplateError | None = None
         plan = plan_components(template)
@@ -155,12 +119,12 @@ class TemplateSampler:
             low, high = evaluate(bounds, environment, context)
             store(assignment.names[0], assignment.numeric[0], context.rng.randrange(low, high), environment, displays)
             return
-        _bind(assignment, evaluate(assignment.domain, environment, context), environment, displays, context.rng)
+        bind(assignment, evaluate(assignment.domain, environment, context), environment, displays, context.rng)
 
     def _conditions_hold(self, conditions: list, environment: dict[str, Any], context: Context) -> bool:
         try:
             return all(evaluate(condition, environment, context) for condition in conditions)
-        except BudgetError:
+        except FatalTemplateError:
             raise
         except TemplateError as error:  # e.g. a division by zero for this draw only: reject the draw
             self.last_error = error
@@ -201,18 +165,48 @@ class TemplateSampler:
     def _probe(self) -> None:
         """Measure each component's acceptance rate; list its valid draws when that is too low."""
         self.probed = True
-        if not self._conditions_hold(self.constant_checks, dict(self.base), Context(random.Random(0), self.budget)):
-            raise TemplateError(f"{self.template.path}: conditions cannot be met "
-                                f"({self.constant_checks[0].text!r} never holds)")
+        constant_context = Context(random.Random(0), self.budget)
+        for condition in self.constant_checks:  # errors here are the template's, not a draw's
+            if not evaluate(condition, dict(self.base), constant_context):
+                raise TemplateError(f"{self.template.path}: conditions cannot be met ({condition.text!r} never holds)")
         for number, component in enumerate(self.components):
             self._probe_component(component, Context(random.Random(
                 f"gsm-symbolic-probe:{self.template.id_shuffled}:{number}"), self.budget))
+        if not self.agreement_required and not self._some_draws_agree():
+            # Every probe draw's `####` disagrees with `#answer`: search for the draws where they
+            # agree instead (found by listing when there are any; refused when there are none).
+            self.agreement_required = True
+            plan = plan_components(self.template, (agreement_condition(self.template),))
+            self.components, self.rest, self.constant_checks = plan.components, plan.rest, plan.constant_checks
+            self._probe()
+            return
         listed = [component for component in self.components if component.solutions is not None]
         if listed:
             complete = all(component.solutions.depth == len(component.lines) for component in listed)
             self.stats.method = "enumeration" if complete else "enumeration+rejection"
             self.stats.solutions = sum(len(component.solutions.bindings) for component in self.components
                                        if component.solutions is not None)
+
+    def _some_draws_agree(self) -> bool:
+        """Whether any of a few complete probe draws renders a `####` equal to `#answer`."""
+        context = Context(random.Random(f"gsm-symbolic-agreement:{self.template.id_shuffled}"), self.budget)
+        for _ in range(AGREEMENT_PROBES):
+            environment, displays = dict(self.base), {}
+            try:
+                for component in self.components:
+                    self._bind_component(component, environment, displays, context)
+            except FatalTemplateError:
+                raise
+            except TemplateError:
+                return True  # conditions too rare to tell here: leave it to the draws themselves
+            for index in self.rest:
+                self._bind_line(index, environment, displays, context)
+            inconsistent = self.stats.inconsistent
+            agrees = self._finish(environment, displays, context) is not None
+            self.stats.inconsistent = inconsistent  # probe draws are not counted
+            if agrees:
+                return True
+        return False
 
     def _probe_component(self, component: Component, context: Context) -> None:
         environment, displays = dict(self.base), {}
@@ -232,12 +226,15 @@ class TemplateSampler:
             solutions = enumerate_solutions(lines, bind, component.checks, dict(self.base), context, self.variables)
         except NotEnumerable:
             return  # stay with rejection sampling; the budget bounds how long it may try
-        except BudgetError:
+        except FatalTemplateError:
             raise
         except TemplateError as error:
             self.last_error = error
             return
         if not solutions.bindings:
+            if self.agreement_required:
+                raise TemplateError(f"{self.template.path}: #answer contradicts the worked answer's '####' line "
+                                    f"for every possible draw (all were listed; the file is inconsistent)")
             raise self._unmet("no possible draw satisfies #conditions (all were listed)")
         component.solutions = solutions
         component.draws = component.valid = 0  # from now on: draws of the lines not listed
@@ -258,6 +255,8 @@ class TemplateSampler:
 
     def _unmet(self, what: str) -> TemplateError:
         detail = f"; last error: {self.last_error}" if self.last_error else ""
+        if self.agreement_required:
+            what += ", counting only draws whose '####' agrees with #answer: none of the probe draws did, so the file is likely inconsistent"
         return TemplateError(f"{self.template.path}: conditions cannot be met ({what}){detail}")
 
     # ---- instances ----
@@ -294,13 +293,13 @@ class TemplateSampler:
             final = evaluate(template.final_answer, environment, context)
             texts = [format_value(evaluate(part.expression, environment, context))
                      for part in template.answer_parts if part.expression is not None]
-        except BudgetError:
+        except FatalTemplateError:
             raise
         except TemplateError as error:
             self.last_error = error
             self.stats.inconsistent += 1
             return None
-        gold_number, final_number = _numeric_value(gold), _numeric_value(final)
+        gold_number, final_number = numeric_value(gold), numeric_value(final)
         if gold_number is None or final_number is None or not math.isclose(gold_number, final_number, rel_tol=1e-9, abs_tol=1e-9):
             self.last_error = TemplateError(f"#### {format_value(final)} but #answer {format_value(gold)}")
             self.stats.inconsistent += 1
@@ -362,6 +361,7 @@ def generate(template: Template, instances: int, seed: int, original: bool = Fal
     """
     sampler = TemplateSampler(template, variant, max_tries, instances)
     rows = []
+    fits: list[float] = []
     for number in range(instances):
         rng = instance_rng(seed, template, number)
         drawn = sampler.draw_original(rng) if original else sampler.draw(rng)
@@ -369,6 +369,7 @@ def generate(template: Template, instances: int, seed: int, original: bool = Fal
         if variant == "noop":
             noop_rng = random.Random(f"gsm-symbolic-noop:{seed}:{template.id_shuffled}:{number}")
             clause = noop_clause(drawn.values, noop_rng)
+            fits.append(clause_fit(drawn.values))
             question = insert_before_question(question, clause)
             extra = {"noop_clause": clause}
         rows.append({
@@ -383,7 +384,10 @@ def generate(template: Template, instances: int, seed: int, original: bool = Fal
             "values": {name: json_value(value) for name, value in drawn.values.items()},
             **extra,
         })
-    return rows, sampler.finish_stats()
+    stats = sampler.finish_stats()
+    if fits:
+        stats.noop_fit = sum(fits) / len(fits)
+    return rows, stats
 
 
 def generate_rows(template: Template, instances: int, seed: int, original: bool = False,
