@@ -26,7 +26,7 @@ from plugins.gsm_symbolic.expressions import Context, Expression, FatalTemplateE
 from plugins.gsm_symbolic.helpers import RANDOM_HELPERS
 from plugins.gsm_symbolic.template import Assignment
 
-ENUMERATION_LIMIT = 60_000  # branches walked before the listing stops at the levels done
+ENUMERATION_LIMIT = 40_000  # branches walked before the listing stops at the levels done
 PERMUTATION_LIMIT = 50_000  # ordered picks of several names from one population
 
 

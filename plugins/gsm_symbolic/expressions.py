@@ -261,7 +261,7 @@ INTEGER_LIMIT = 1 << MAX_INTEGER_BITS
 PLAIN_NUMBERS = (int, float)
 NUMBERS = (int, float, Fraction)
 FAST_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-                  ast.FloorDiv: operator.floordiv}
+                  ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
 
 
 def _operand(node: ast.expr) -> tuple[str, Any] | None:
@@ -286,14 +286,19 @@ def _binary(node: ast.BinOp) -> Callable[[Environment, Context], Any]:
     if fast is None:
         return lambda environment, context: general(left(environment, context), right(environment, context), context)
 
-    # The common case, int or float on both sides, skips the general checks: only an integer
-    # result can grow past the limit, and one comparison tells.
+    # The common case, numbers on both sides, skips the general checks: only an integer or a
+    # fraction can grow past the limit, and a comparison or two tells.
     def combine(environment: Environment, context: Context) -> Any:
         a, b = left(environment, context), right(environment, context)
-        if type(a) in PLAIN_NUMBERS and type(b) in PLAIN_NUMBERS:
+        if type(a) in NUMBERS and type(b) in NUMBERS:
             result = fast(a, b)
-            if type(result) is int and not -INTEGER_LIMIT < result < INTEGER_LIMIT:
-                raise LimitError(f"number too large (over {MAX_INTEGER_BITS} bits)")
+            kind = type(result)
+            if kind is int:
+                if not -INTEGER_LIMIT < result < INTEGER_LIMIT:
+                    raise LimitError(f"number too large (over {MAX_INTEGER_BITS} bits)")
+            elif kind is Fraction and (result.numerator.bit_length() > MAX_INTEGER_BITS
+                                       or result.denominator.bit_length() > MAX_INTEGER_BITS):
+                raise LimitError(f"fraction too large (over {MAX_INTEGER_BITS} bits)")
             return result
         return general(a, b, context)
     return combine

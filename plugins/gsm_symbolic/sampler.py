@@ -90,6 +90,8 @@ class TemplateSampler:
                                for index, line in enumerate(template.assignments)
                                if len(line.names) == 1 and _is_sized_randint(line.domain.tree.body)}
         self.base: dict[str, Any] = dict(VOCABULARIES)
+        self.static_populations = {index: population for index in range(len(template.assignments))
+                                   if (population := self._static_population(index)) is not None}
         self.held: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
         self.probed = False
         self.agreement_required = False
@@ -104,6 +106,29 @@ class TemplateSampler:
                     self.held[index] = ({name: values[name] for name in line.names},
                                         {name: displays[name] for name in line.names if name in displays})
 
+    def _static_population(self, index: int) -> Any:
+        """What a one-name line picks from, when its domain reads no variable (else None)."""
+        line = self.template.assignments[index]
+        if len(line.names) != 1 or line.domain.names & self.variables:
+            return None
+        try:
+            populations = LinePopulations(line)
+        except NotEnumerable:
+            return None
+        context = Context(random.Random(0), self.budget)
+        try:
+            if populations.kind == "value":
+                value = evaluate(line.domain, self.base, context)
+            elif populations.kind == "sample" and populations.size is None and populations.population is not None:
+                value = evaluate(populations.population, self.base, context)
+            else:
+                return None
+        except FatalTemplateError:
+            raise
+        except TemplateError:
+            return None  # let the draws report it, where it is
+        return value if isinstance(value, (list, range, tuple)) and len(value) > 0 else None
+
     # ---- one draw ----
 
     def _bind_line(self, index: int, environment: dict[str, Any], displays: dict[str, str], context: Context) -> None:
@@ -113,6 +138,13 @@ class TemplateSampler:
             displays.update(shown)
             return
         assignment = self.template.assignments[index]
+        population = self.static_populations.get(index)
+        if population is not None:
+            # The domain reads no variable: its population was built once; one pick from it is the
+            # same draw as evaluating the domain again (a shuffle included).
+            context.budget.charge(1)
+            store(assignment.names[0], assignment.numeric[0], context.rng.choice(population), environment, displays)
+            return
         bounds = self.randint_bounds.get(index)
         if bounds is not None:
             # `x = np.random.randint(low, high, size)` picks one of `size` uniform draws: one draw.
