@@ -7,13 +7,16 @@ Reads DIR/symbolic, DIR/p1 and DIR/p2 (each template with its own variant), in-p
 `toolkit-gsm-symbolic generate` does. Prints one line per template that was refused or is not sampled
 by plain rejection, then the totals: templates written, instances, seconds, and the lowest
 acceptance rates. `--original` also checks that `--original` reproduces each template's original
-question text.
+question text; `--compare DIR/generated_data/GSM_p2.jsonl` checks our vocabularies against the
+texts Apple's generated questions show (matched against each template's question text).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -22,6 +25,53 @@ from pathlib import Path
 from plugins.gsm_symbolic.errors import TemplateError
 from plugins.gsm_symbolic.sampler import TemplateSampler, generate
 from plugins.gsm_symbolic.template import load_template, template_paths
+from plugins.gsm_symbolic.vocabularies import VOCABULARIES
+
+
+def _question_pattern(text: str) -> tuple[re.Pattern, list[str]]:
+    """The template's question text as a regular expression with one group per variable."""
+    pieces, names, position = [], [], 0
+    for match in re.finditer(r"\{([^{}]*)\}", text):
+        pieces.append(re.escape(text[position:match.start()]).replace("\\ ", " +"))
+        name = match.group(1).split(",")[0].strip()
+        pieces.append(f"(?P={name})" if name in names else f"(?P<{name}>.+?)")
+        names.append(name) if name not in names else None
+        position = match.end()
+    pieces.append(re.escape(text[position:]).replace("\\ ", " +"))
+    return re.compile("^" + "".join(pieces).strip() + "$", re.S | re.I), names
+
+
+def compare_vocabularies(templates: Path, generated: Path) -> None:
+    """How many of the vocabulary texts in Apple's generated questions our vocabularies hold."""
+    variant = {"GSM_symbolic": "symbolic", "GSM_p1": "p1", "GSM_p2": "p2"}[generated.stem]
+    by_id: dict[int, list[str]] = {}
+    for line in generated.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        by_id.setdefault(row["id"], []).append(row["question"])
+    seen: dict[str, set[str]] = {}
+    matched = total = 0
+    for path in template_paths(templates, variant):
+        template = load_template(path)
+        pattern, _ = _question_pattern(template.text)
+        sources = {name: "+".join(vocabulary for vocabulary in VOCABULARIES if re.search(rf"\b{vocabulary}\b", line.domain.text))
+                   for line in template.assignments for name in line.names}
+        sources = {name: vocabularies for name, vocabularies in sources.items() if vocabularies}
+        for question in by_id.get(template.id_shuffled, []):
+            total += 1
+            found = pattern.match(question.strip())
+            if found is None:
+                continue
+            matched += 1
+            for name, vocabulary in sources.items():
+                if name in pattern.groupindex:
+                    seen.setdefault(vocabulary, set()).add(found.group(name).lower())
+    print(f"{generated.name}: {matched}/{total} questions match their template's text")
+    for vocabulary, texts in sorted(seen.items()):
+        ours = {(item[0] if isinstance(item, tuple) else str(item)).lower()
+                for name in vocabulary.split("+") for item in VOCABULARIES[name]}
+        missing = sorted(texts - ours)
+        print(f"  {vocabulary}: {len(texts) - len(missing)}/{len(texts)} of Apple's texts are in ours"
+              + (f"; not in ours: {', '.join(missing[:8])}" if missing else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--original", action="store_true", help="also compare --original with each question")
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="Apple's generated GSM_*.jsonl: check our vocabularies against its questions")
     parser.add_argument("--noop", action="store_true", help="also run the noop variant on symbolic/ and report the clause fit")
     arguments = parser.parse_args(argv)
+    for generated in arguments.compare:
+        compare_vocabularies(arguments.templates, generated)
     written = rows = 0
     refused: list[str] = []
     acceptance: list[tuple[float, str, str]] = []

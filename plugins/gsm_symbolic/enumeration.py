@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from plugins.gsm_symbolic.errors import TemplateError
-from plugins.gsm_symbolic.expressions import Context, Expression, FatalTemplateError, evaluate, sub_expression
+from plugins.gsm_symbolic.expressions import Context, Expression, FatalTemplateError, all_hold, evaluate, sub_expression
 from plugins.gsm_symbolic.helpers import RANDOM_HELPERS
 from plugins.gsm_symbolic.template import Assignment
 
-ENUMERATION_LIMIT = 40_000  # branches walked before the listing stops at the levels done
+ENUMERATION_LIMIT = 120_000  # branches walked before the listing stops at the levels done
 PERMUTATION_LIMIT = 50_000  # ordered picks of several names from one population
 
 
@@ -156,7 +156,7 @@ def _additive_signs(node: ast.expr, name: str, sign: int, found: list[int]) -> b
     return not any(isinstance(child, ast.Name) and child.id == name for child in ast.walk(node))
 
 
-def _equality_pin(condition: Expression, name: str) -> tuple[Expression, int] | None:
+def equality_pin(condition: Expression, name: str) -> tuple[Expression, int] | None:
     """For a condition `left == right` in which `name` is one term of a sum (`total == a + b`,
     `x + y == 1`), the expression `left - right` and the sign of that term: with `name` set to 0,
     `name` must equal -sign * (left - right)."""
@@ -210,7 +210,7 @@ def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple
         if picks is not None and isinstance(line, LinePopulations) and line.count == 1:
             numeric = line.assignment.numeric[0]
             for condition in conditions:
-                found = _equality_pin(condition, line.assignment.names[0])
+                found = equality_pin(condition, line.assignment.names[0])
                 if found is not None:
                     pin = (found, line.assignment.names[0], _by_value(picks, numeric))
                     break
@@ -219,10 +219,21 @@ def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple
     walked = 0
     for level, conditions in enumerate(checks):
         expanded: list[tuple[tuple[Any, ...], float]] = []
+        if static[level] is not None and pinned[level] is None and walked + len(frontier) * len(static[level]) > limit:
+            # This level alone would pass the limit: stop before walking any of it.
+            if level == 0:
+                raise NotEnumerable
+            return _solutions(frontier, level)
+        previous: tuple[Any, ...] = ()
         for path, weight in frontier:
-            # Rebind the path: one environment serves every node, a level reads only names above it.
-            for above, item in enumerate(path):
-                bind(above, item, environment)
+            # One environment serves every node (a level reads only names above it): rebind the
+            # part of the path that differs from the previous node's (siblings share the rest).
+            start = 0
+            while start < len(previous) and path[start] is previous[start]:
+                start += 1
+            for above in range(start, len(path)):
+                bind(above, path[above], environment)
+            previous = path
             picks = static[level]
             if picks is None:
                 picks = lines[level].picks(environment, context)
@@ -254,7 +265,7 @@ def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple
 
 def _holds(conditions: list[Expression], environment: dict[str, Any], context: Context) -> bool:
     try:
-        return all(evaluate(condition, environment, context) for condition in conditions)
+        return all_hold(conditions, environment, context)
     except FatalTemplateError:
         raise
     except TemplateError:  # e.g. a division by zero on this branch only: the branch is not valid

@@ -406,6 +406,21 @@ def sub_expression(parent: Expression, node: ast.expr) -> Expression:
 
 # ---- evaluation ----
 
+EVALUATION_ERRORS = (ArithmeticError, ValueError, TypeError, NameError, IndexError, KeyError, OverflowError,
+                     RecursionError, MemoryError, AttributeError)
+
+
+def _failure(expression: Expression, error: BaseException, context: Context) -> TemplateError:
+    """The TemplateError an evaluation failure becomes (fatal for the budget and the size limits)."""
+    if isinstance(error, BudgetExceeded):
+        return BudgetError(
+            f"{expression.location}: evaluation budget reached (limit {context.budget.limit:,} steps; last expression "
+            f"{expression.text[:80]!r}); the template's conditions are too costly or too rarely met")
+    if isinstance(error, LimitError):
+        return FatalTemplateError(f"{expression.location}: cannot evaluate {expression.text[:200]!r}: {error}")
+    return expression.location.error(f"cannot evaluate {expression.text[:200]!r}: {error}")
+
+
 def evaluate(expression: Expression, environment: Environment, rng: random.Random | Context,
              budget: Budget | None = None) -> Any:
     """The value of `expression` with names from `environment`; any failure is a TemplateError.
@@ -419,15 +434,24 @@ def evaluate(expression: Expression, environment: Environment, rng: random.Rando
         return expression.function(environment, context)
     except TemplateError:
         raise
-    except BudgetExceeded:
-        raise BudgetError(
-            f"{expression.location}: evaluation budget reached (limit {context.budget.limit:,} steps; last expression {expression.text[:80]!r}); "
-            "the template's conditions are too costly or too rarely met") from None
-    except LimitError as error:
-        raise FatalTemplateError(f"{expression.location}: cannot evaluate {expression.text[:200]!r}: {error}") from None
-    except (ArithmeticError, ValueError, TypeError, NameError, IndexError, KeyError, OverflowError,
-            RecursionError, MemoryError, AttributeError) as error:
-        raise expression.location.error(f"cannot evaluate {expression.text[:200]!r}: {error}") from None
+    except (BudgetExceeded, *EVALUATION_ERRORS) as error:
+        raise _failure(expression, error, context) from None
+
+
+def all_hold(conditions: list[Expression], environment: Environment, context: Context) -> bool:
+    """Whether every condition is true, stopping at the first false one: `evaluate` for the
+    sampler's hot loop, one try block for the lot."""
+    condition = None
+    try:
+        for condition in conditions:
+            context.budget.charge(condition.steps)
+            if not condition.function(environment, context):
+                return False
+        return True
+    except TemplateError:
+        raise
+    except (BudgetExceeded, *EVALUATION_ERRORS) as error:
+        raise _failure(condition, error, context) from None  # type: ignore[arg-type]
 
 
 def evaluate_text(text: str, environment: Environment, rng: random.Random | None = None,

@@ -15,7 +15,7 @@ import ast
 import math
 from dataclasses import dataclass, field
 
-from plugins.gsm_symbolic.enumeration import Solutions
+from plugins.gsm_symbolic.enumeration import Solutions, equality_pin
 from plugins.gsm_symbolic.expressions import Expression, sub_expression
 from plugins.gsm_symbolic.template import Template
 
@@ -38,18 +38,23 @@ class Plan:
     constant_checks: list[Expression] = field(default_factory=list)  # conditions that read no variable
 
 
-def _order(lines: list[int], dependencies: dict[int, set[int]], condition_lines: list[set[int]]) -> list[int]:
-    """Greedy order: next the available line that completes the most conditions, else the one
-    closest to completing some condition; ties keep the file order."""
+def _order(lines: list[int], dependencies: dict[int, set[int]], condition_lines: list[set[int]],
+           pinnable: list[set[int]]) -> list[int]:
+    """Greedy order: a line that an equality could pin (`total == a + b`) is kept back while the
+    equality still waits for other lines, so that it comes last and is pinned, not walked; then
+    the available line that completes the most conditions, else the one closest to completing
+    some condition; ties keep the file order."""
     remaining, bound, order = set(lines), set(), []
     while remaining:
         available = [line for line in sorted(remaining) if dependencies[line] <= bound] or sorted(remaining)[:1]
 
-        def score(line: int) -> tuple[int, int, int]:
+        def score(line: int) -> tuple[int, int, int, int]:
             after = bound | {line}
+            waits = any(line in terms and not (needed - {line}) <= bound
+                        for terms, needed in zip(pinnable, condition_lines))
             completed = sum(1 for needed in condition_lines if line in needed and needed <= after)
             closest = min((len(needed - after) for needed in condition_lines if line in needed), default=99)
-            return completed, -closest, -line
+            return -int(waits), completed, -closest, -line
         best = max(available, key=score)
         order.append(best)
         bound.add(best)
@@ -97,6 +102,9 @@ def plan_components(template: Template, extra: tuple[Expression, ...] = ()) -> P
         if any(name in needed for name in lines[index].names):
             relevant.add(index)
             needed |= lines[index].domain.names
+    # The lines each equality could pin: those whose one name is a plain term of its sum.
+    pinnable = [{line_of[name] for name in condition.names if name in line_of and equality_pin(condition, name)}
+                for condition in conditions]
     dependencies = {index: {line_of[name] for name in lines[index].domain.names if name in line_of} for index in relevant}
     # Union-find over the constrained lines.
     parent = {index: index for index in relevant}
@@ -115,7 +123,8 @@ def plan_components(template: Template, extra: tuple[Expression, ...] = ()) -> P
         groups.setdefault(root(index), []).append(index)
     components = []
     for members in groups.values():
-        order = _order(members, dependencies, [needed_lines for needed_lines in condition_lines if needed_lines & set(members)])
+        local = [index for index, needed_lines in enumerate(condition_lines) if needed_lines & set(members)]
+        order = _order(members, dependencies, [condition_lines[index] for index in local], [pinnable[index] for index in local])
         position = {index: place for place, index in enumerate(order)}
         checks: list[list[Expression]] = [[] for _ in order]
         for condition, needed_lines in zip(conditions, condition_lines):

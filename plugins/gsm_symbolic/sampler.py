@@ -25,7 +25,7 @@ from typing import Any
 from plugins.gsm_symbolic.binding import bind, numeric_value, store
 from plugins.gsm_symbolic.enumeration import LinePopulations, NotEnumerable, enumerate_solutions
 from plugins.gsm_symbolic.errors import TemplateError
-from plugins.gsm_symbolic.expressions import Budget, Context, FatalTemplateError, evaluate, sub_expression
+from plugins.gsm_symbolic.expressions import Budget, Context, FatalTemplateError, all_hold, evaluate, sub_expression
 from plugins.gsm_symbolic.planning import Component, agreement_condition, plan_components
 from plugins.gsm_symbolic.noop import clause_fit, insert_before_question, noop_clause
 from plugins.gsm_symbolic.originals import VARIANTS, check_variant, held_variables, original_bindings, parse_final_answer
@@ -41,7 +41,7 @@ PROBE_TRIES = 500  # independent draws that measure a template's acceptance rate
 PROBE_SUCCESSES = 20  # this many valid probe draws (one in 25 or better): rejection sampling is cheap
 AGREEMENT_PROBES = 20  # complete draws checked for `####` == `#answer` before the instances
 INCONSISTENT_LIMIT = 200  # valid draws whose `####` disagrees, none agreeing, before a template is refused
-BASE_BUDGET = 2_000_000  # evaluation steps per template, plus the per-instance share below
+BASE_BUDGET = 6_000_000  # evaluation steps per template (about a second of work), plus the per-instance share below
 INSTANCE_BUDGET = 50_000
 
 
@@ -155,7 +155,7 @@ class TemplateSampler:
 
     def _conditions_hold(self, conditions: list, environment: dict[str, Any], context: Context) -> bool:
         try:
-            return all(evaluate(condition, environment, context) for condition in conditions)
+            return all_hold(conditions, environment, context)
         except FatalTemplateError:
             raise
         except TemplateError as error:  # e.g. a division by zero for this draw only: reject the draw
@@ -251,10 +251,15 @@ class TemplateSampler:
             lines = [_HeldLine(self.held[index]) if index in self.held else LinePopulations(self.template.assignments[index])
                      for index in component.lines]
 
+            targets = [tuple(zip(self.template.assignments[index].names, self.template.assignments[index].numeric))
+                       for index in component.lines]
+
             def bind(place: int, item: tuple[Any, ...], scope: dict[str, Any]) -> None:
-                line = self.template.assignments[component.lines[place]]
-                for name, numeric, value in zip(line.names, line.numeric, item):
-                    store(name, numeric, value, scope, {})
+                for (name, numeric), value in zip(targets[place], item):
+                    if type(value) is tuple:
+                        store(name, numeric, value, scope, {})
+                    else:
+                        scope[name] = value
             solutions = enumerate_solutions(lines, bind, component.checks, dict(self.base), context, self.variables)
         except NotEnumerable:
             return  # stay with rejection sampling; the budget bounds how long it may try

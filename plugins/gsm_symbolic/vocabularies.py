@@ -62,7 +62,8 @@ VOCABULARIES: dict[str, list[Any]] = {
     # Singular: templates write "{fruit}s" and "{fruit} pie".
     "fruits": [
         "apple", "banana", "cherry", "grape", "kiwi", "lemon", "mango", "orange", "peach", "pear",
-        "plum", "apricot", "fig", "lime", "melon", "papaya", "guava",
+        "plum", "apricot", "fig", "lime", "melon", "papaya", "guava", "pineapple", "pomegranate",
+        "watermelon",
     ],
     "vegetables": [
         "carrots", "potatoes", "onions", "tomatoes", "cucumbers", "peppers", "zucchinis",
@@ -70,7 +71,7 @@ VOCABULARIES: dict[str, list[Any]] = {
     ],
     "colors": [
         "red", "blue", "green", "yellow", "purple", "orange", "pink", "white", "black", "brown",
-        "gray", "teal", "violet", "maroon", "silver", "gold",
+        "gray", "teal", "violet", "maroon", "silver", "gold", "cyan", "indigo", "magenta", "turquoise",
     ],
     "cities": [
         "Lisbon", "Nairobi", "Osaka", "Toronto", "Lima", "Oslo", "Cairo", "Hanoi", "Denver",
@@ -81,7 +82,7 @@ VOCABULARIES: dict[str, list[Any]] = {
         "January", "February", "March", "April", "May", "June", "July", "August", "September",
         "October", "November", "December",
     ],
-    "currencies_sym": ["$", "€", "£", "¥", "₹", "₺", "₩"],
+    "currencies_sym": ["$", "€", "£", "¥", "₹", "₺", "₩", "₣"],
     "animals": [
         "rabbits", "goats", "chickens", "ducks", "sheep", "pigs", "horses", "cows", "geese",
         "llamas", "turkeys", "donkeys",
