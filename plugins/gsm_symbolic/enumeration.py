@@ -17,6 +17,7 @@ import itertools
 import math
 import random
 from collections import Counter
+from fractions import Fraction
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from plugins.gsm_symbolic.expressions import Context, Expression, FatalTemplateE
 from plugins.gsm_symbolic.helpers import RANDOM_HELPERS
 from plugins.gsm_symbolic.template import Assignment
 
-ENUMERATION_LIMIT = 120_000  # branches walked before the listing stops at the levels done
+ENUMERATION_LIMIT = 60_000  # branches walked before the listing stops at the levels done
 PERMUTATION_LIMIT = 50_000  # ordered picks of several names from one population
 
 
@@ -143,33 +144,53 @@ class LinePopulations:
                           for indexes in pick(range(size), self.count)])
 
 
-def _additive_signs(node: ast.expr, name: str, sign: int, found: list[int]) -> bool:
-    """Collect the signs with which `name` occurs as a term of a sum; False when it occurs otherwise."""
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
-        return (_additive_signs(node.left, name, sign, found)
-                and _additive_signs(node.right, name, -sign if isinstance(node.op, ast.Sub) else sign, found))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return _additive_signs(node.operand, name, -sign, found)
-    if isinstance(node, ast.Name) and node.id == name:
-        found.append(sign)
+def _reads(node: ast.AST, name: str) -> bool:
+    return any(isinstance(child, ast.Name) and child.id == name for child in ast.walk(node))
+
+
+def _linear(node: ast.expr, name: str) -> bool:
+    """Whether `node` is linear in `name`: sums, differences and negations of terms, where the
+    term holding `name` may be multiplied by, or divided by, parts that do not read it."""
+    if not _reads(node, name) or (isinstance(node, ast.Name) and node.id == name):
         return True
-    return not any(isinstance(child, ast.Name) and child.id == name for child in ast.walk(node))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+        return _linear(node.left, name) and _linear(node.right, name)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _linear(node.operand, name)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        return (_linear(node.left, name) and not _reads(node.right, name)) or (
+            _linear(node.right, name) and not _reads(node.left, name))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        return _linear(node.left, name) and not _reads(node.right, name)
+    return False
 
 
-def equality_pin(condition: Expression, name: str) -> tuple[Expression, int] | None:
-    """For a condition `left == right` in which `name` is one term of a sum (`total == a + b`,
-    `x + y == 1`), the expression `left - right` and the sign of that term: with `name` set to 0,
-    `name` must equal -sign * (left - right)."""
+def equality_pin(condition: Expression, name: str) -> Expression | None:
+    """For a condition `left == right` that is linear in `name`, read once (`total == a + b`,
+    `price2 == frac * price1`): the expression `left - right`, whose values at `name` = 0 and 1
+    give the one value of `name` that meets the condition."""
     body = condition.tree.body
     if not (isinstance(body, ast.Compare) and len(body.ops) == 1 and isinstance(body.ops[0], ast.Eq)):
         return None
-    found: list[int] = []
-    if not (_additive_signs(body.left, name, 1, found) and _additive_signs(body.comparators[0], name, -1, found)):
-        return None
-    if len(found) != 1:
-        return None
     difference = ast.BinOp(body.left, ast.Sub(), body.comparators[0])
-    return sub_expression(condition, difference), found[0]
+    occurrences = sum(1 for child in ast.walk(difference) if isinstance(child, ast.Name) and child.id == name)
+    if occurrences != 1 or not _linear(difference, name):
+        return None
+    return sub_expression(condition, difference)
+
+
+def pinned_value(difference: Expression, name: str, environment: dict[str, Any], context: Context) -> Any:
+    """The value of `name` at which `difference` (linear in it) is zero; None when there is none."""
+    environment[name] = 0
+    at_zero = evaluate(difference, environment, context)
+    environment[name] = 1
+    slope = evaluate(difference, environment, context) - at_zero
+    if slope == 0:
+        return None
+    if isinstance(at_zero, (int, Fraction)) and isinstance(slope, (int, Fraction)):
+        value = Fraction(-at_zero) / slope
+        return value.numerator if value.denominator == 1 else value
+    return round(-at_zero / slope, 10)
 
 
 def _by_value(picks: list[tuple[tuple[Any, ...], float]], numeric: bool) -> dict[Any, list]:
@@ -238,17 +259,15 @@ def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple
             if picks is None:
                 picks = lines[level].picks(environment, context)
             if pinned[level] is not None:
-                (difference, sign), name, lookup = pinned[level]
-                environment[name] = 0
-                value = evaluate(difference, environment, context)
-                value = -value if sign > 0 else value
-                if isinstance(value, float):
-                    value = round(value, 10)
+                difference, name, lookup = pinned[level]
                 try:
-                    picks = lookup.get(value, [])
+                    picks = lookup.get(pinned_value(difference, name, environment, context), [])
                 except TypeError:  # an unhashable value: nothing pinned can equal it
                     picks = []
-            walked += len(picks)
+                except TemplateError:
+                    picks = []  # e.g. a division by zero on this branch: no value meets it
+            # A pinned level costs one lookup per node above, not one branch per value.
+            walked += len(picks) if pinned[level] is None else 1
             if walked > limit:
                 if level == 0:
                     raise NotEnumerable

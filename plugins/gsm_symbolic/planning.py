@@ -39,22 +39,23 @@ class Plan:
 
 
 def _order(lines: list[int], dependencies: dict[int, set[int]], condition_lines: list[set[int]],
-           pinnable: list[set[int]]) -> list[int]:
-    """Greedy order: a line that an equality could pin (`total == a + b`) is kept back while the
-    equality still waits for other lines, so that it comes last and is pinned, not walked; then
-    the available line that completes the most conditions, else the one closest to completing
-    some condition; ties keep the file order."""
+           pinned: list[int | None]) -> list[int]:
+    """Greedy order. First a line an equality pins right now (its other lines are bound: the
+    equality gives its value, nothing is walked); a line kept for pinning (`pinned[i]`, the
+    largest of the equality's linear terms) waits until then. Then the available line that
+    completes the most conditions, else the one closest to completing some; ties keep file order."""
     remaining, bound, order = set(lines), set(), []
     while remaining:
         available = [line for line in sorted(remaining) if dependencies[line] <= bound] or sorted(remaining)[:1]
 
-        def score(line: int) -> tuple[int, int, int, int]:
+        def score(line: int) -> tuple[int, int, int, int, int]:
             after = bound | {line}
-            waits = any(line in terms and not (needed - {line}) <= bound
-                        for terms, needed in zip(pinnable, condition_lines))
+            kept = [needed for needed, target in zip(condition_lines, pinned) if target == line]
+            pinned_now = any(needed - {line} <= bound for needed in kept)
+            waits = bool(kept) and not pinned_now
             completed = sum(1 for needed in condition_lines if line in needed and needed <= after)
             closest = min((len(needed - after) for needed in condition_lines if line in needed), default=99)
-            return -int(waits), completed, -closest, -line
+            return int(pinned_now), -int(waits), completed, -closest, -line
         best = max(available, key=score)
         order.append(best)
         bound.add(best)
@@ -91,7 +92,8 @@ def split_condition(condition: Expression) -> list[Expression]:
     return [condition]
 
 
-def plan_components(template: Template, extra: tuple[Expression, ...] = ()) -> Plan:
+def plan_components(template: Template, extra: tuple[Expression, ...] = (), sizes: dict[int, int] | None = None) -> Plan:
+    """`sizes`: how many values each line picks from, where known (an equality pins its largest term)."""
     lines = template.assignments
     conditions = [part for condition in list(template.conditions) + list(extra) for part in split_condition(condition)]
     line_of = {name: index for index, line in enumerate(lines) for name in line.names}
@@ -103,8 +105,10 @@ def plan_components(template: Template, extra: tuple[Expression, ...] = ()) -> P
             relevant.add(index)
             needed |= lines[index].domain.names
     # The lines each equality could pin: those whose one name is a plain term of its sum.
-    pinnable = [{line_of[name] for name in condition.names if name in line_of and equality_pin(condition, name)}
+    sizes = sizes or {}
+    pinnable = [sorted(line_of[name] for name in condition.names if name in line_of and equality_pin(condition, name))
                 for condition in conditions]
+    pinned = [max(terms, key=lambda line: (sizes.get(line, 1_000), -line)) if terms else None for terms in pinnable]
     dependencies = {index: {line_of[name] for name in lines[index].domain.names if name in line_of} for index in relevant}
     # Union-find over the constrained lines.
     parent = {index: index for index in relevant}
@@ -124,7 +128,7 @@ def plan_components(template: Template, extra: tuple[Expression, ...] = ()) -> P
     components = []
     for members in groups.values():
         local = [index for index, needed_lines in enumerate(condition_lines) if needed_lines & set(members)]
-        order = _order(members, dependencies, [condition_lines[index] for index in local], [pinnable[index] for index in local])
+        order = _order(members, dependencies, [condition_lines[index] for index in local], [pinned[index] for index in local])
         position = {index: place for place, index in enumerate(order)}
         checks: list[list[Expression]] = [[] for _ in order]
         for condition, needed_lines in zip(conditions, condition_lines):

@@ -97,7 +97,7 @@ class TemplateSampler:
         self.agreement_required = False
         self.consistent = 0  # instances whose `####` agreed with `#answer`
         self.last_error: TemplateError | None = None
-        plan = plan_components(template)
+        plan = plan_components(template, sizes=self._line_sizes())
         self.components, self.rest, self.constant_checks = plan.components, plan.rest, plan.constant_checks
         if self.keep:
             values, displays, _ = original_bindings(template, self.base, Context(random.Random(0), self.budget), strict=True)
@@ -105,6 +105,9 @@ class TemplateSampler:
                 if any(name in self.keep for name in line.names):
                     self.held[index] = ({name: values[name] for name in line.names},
                                         {name: displays[name] for name in line.names if name in displays})
+
+    def _line_sizes(self) -> dict[int, int]:
+        return {index: len(population) for index, population in self.static_populations.items()}
 
     def _static_population(self, index: int) -> Any:
         """What a one-name line picks from, when its domain reads no variable (else None)."""
@@ -208,7 +211,7 @@ class TemplateSampler:
             # Every probe draw's `####` disagrees with `#answer`: search for the draws where they
             # agree instead (found by listing when there are any; refused when there are none).
             self.agreement_required = True
-            plan = plan_components(self.template, (agreement_condition(self.template),))
+            plan = plan_components(self.template, (agreement_condition(self.template),), self._line_sizes())
             self.components, self.rest, self.constant_checks = plan.components, plan.rest, plan.constant_checks
             self._probe()
             return

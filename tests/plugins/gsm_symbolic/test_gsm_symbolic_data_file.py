@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from plugins.gsm_symbolic.report import ORIGINAL_SET, load_symbolic_rows, summarize_symbolic, write_accuracy_plot
+from plugins.gsm_symbolic.report import ORIGINAL_SET, load_symbolic_rows, summarize_symbolic
 from toolkit.errors import DataError
 
 CANARY = "This line is not for training corpora. canary of our own"
@@ -42,7 +42,7 @@ def test_sets_keeps_the_first_sets_and_limit_the_first_templates(tmp_path):
     assert [row["set"] for row in load_symbolic_rows(config(path, sets=9, original=False), None)] == [s for s in range(4) for _ in range(3)]
 
 
-def test_report_per_set_spread_range_drop_and_plot(tmp_path):
+def test_report_per_set_spread_range_and_drop(tmp_path):
     rows = load_symbolic_rows(config(apple_layout(tmp_path / "GSM_p2.jsonl", templates=2, sets=3)), limit=None)
     # The originals all right; set 0 all right, set 1 half, set 2 none.
     correct = {ORIGINAL_SET: {0, 1}, 0: {0, 1}, 1: {0}, 2: set()}
@@ -51,9 +51,6 @@ def test_report_per_set_spread_range_drop_and_plot(tmp_path):
     assert metrics["per_set_accuracy"] == {"0": 1.0, "1": 0.5, "2": 0.0} and metrics["sets"] == 3
     assert metrics["accuracy_mean"] == pytest.approx(0.5) and metrics["accuracy_std"] == pytest.approx((1 / 6) ** 0.5)
     assert metrics["accuracy_range"] == 1.0 and metrics["drop_from_original"] == pytest.approx(0.5)
-    pytest.importorskip("matplotlib")
-    plot = write_accuracy_plot(metrics, tmp_path / "accuracy_distribution.png")
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_row_without_a_set_number_names_file_and_line(tmp_path):
