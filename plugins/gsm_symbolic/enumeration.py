@@ -19,7 +19,7 @@ import random
 from collections import Counter
 from fractions import Fraction
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from plugins.gsm_symbolic.errors import TemplateError
@@ -47,6 +47,21 @@ class Solutions:
     def pick(self, rng: random.Random) -> tuple[tuple[Any, ...], ...]:
         point = rng.random() * self.cumulative[-1]  # by weight: the independent-draw probability
         return self.bindings[bisect.bisect_right(self.cumulative, point)]
+
+
+@dataclass
+class HeldLine:
+    """A line held at its original values, as the enumeration sees it: one pick, certain."""
+
+    binding: tuple[dict[str, Any], dict[str, str]]
+    items: list = field(init=False)
+
+    def __post_init__(self) -> None:
+        values, displays = self.binding
+        self.items = [(tuple((displays[name], value) if name in displays else value for name, value in values.items()), 1.0)]
+
+    def picks(self, environment: dict[str, Any], context: Context) -> list:
+        return self.items
 
 
 def _has_random_call(node: ast.AST) -> bool:

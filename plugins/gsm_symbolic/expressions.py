@@ -26,8 +26,8 @@ from typing import Any
 
 from plugins.gsm_symbolic.errors import Location, TemplateError
 from plugins.gsm_symbolic.helpers import (
-    HELPER_NAMES, LimitError, MAX_EXPONENT, MAX_INTEGER_BITS, MAX_SEQUENCE_LENGTH, PURE_HELPERS, RANDOM_HELPERS,
-    check_value, contains, divides, is_int, measure, size_of,
+    HELPER_NAMES, MAX_INTEGER_BITS, PURE_HELPERS, RANDOM_HELPERS, LimitError, check_value, contains, divides,
+    is_int, safe_modulo, safe_multiply, safe_power, size_of,
 )
 
 __all__ = ["Budget", "Expression", "evaluate", "evaluate_text", "parse_expression", "divides", "is_int"]
@@ -75,34 +75,9 @@ class Context:
     budget: Budget = field(default_factory=Budget)
 
 
-def _safe_power(left: Any, right: Any) -> Any:
-    # Refuse before computing: `10**10**10` would exhaust memory first.
-    if isinstance(right, (int, float, Fraction)) and not isinstance(right, bool):
-        if abs(right) > MAX_EXPONENT:
-            raise LimitError(f"exponent {right} exceeds the limit of {MAX_EXPONENT}")
-        if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > MAX_INTEGER_BITS:
-            raise LimitError(f"power would exceed {MAX_INTEGER_BITS} bits")
-    return left ** right
-
-
-def _safe_modulo(left: Any, right: Any) -> Any:
-    if isinstance(left, str):
-        raise ValueError("%-formatting of strings is not allowed")
-    return left % right
-
-
-def _safe_multiply(left: Any, right: Any) -> Any:
-    for sequence, count in ((left, right), (right, left)):
-        if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and count > 0:
-            # `[[0] * 10**5] * 10**5` is refused here, before ten billion items exist.
-            if measure(sequence) * count > MAX_SEQUENCE_LENGTH or len(sequence) * count > MAX_SEQUENCE_LENGTH:
-                raise LimitError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items)")
-    return left * right
-
-
 BINARY_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: _safe_multiply, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: _safe_modulo, ast.Pow: _safe_power,
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: safe_multiply, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: safe_modulo, ast.Pow: safe_power,
 }
 UNARY_OPERATORS: dict[type, Callable[[Any], Any]] = {
     ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_,
@@ -262,15 +237,6 @@ PLAIN_NUMBERS = (int, float)
 NUMBERS = (int, float, Fraction)
 FAST_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
                   ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-
-
-def _operand(node: ast.expr) -> tuple[str, Any] | None:
-    """A name or constant operand read inline (no closure call): ("name", id) or ("constant", value)."""
-    if isinstance(node, ast.Name):
-        return ("name", node.id)
-    if isinstance(node, ast.Constant):
-        return ("constant", node.value)
-    return None
 
 
 def _binary(node: ast.BinOp) -> Callable[[Environment, Context], Any]:

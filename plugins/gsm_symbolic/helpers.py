@@ -244,6 +244,31 @@ def size_of(value: Any) -> int:
     return 1
 
 
+def safe_power(left: Any, right: Any) -> Any:
+    # Refuse before computing: `10**10**10` would exhaust memory first.
+    if isinstance(right, (int, float, Fraction)) and not isinstance(right, bool):
+        if abs(right) > MAX_EXPONENT:
+            raise LimitError(f"exponent {right} exceeds the limit of {MAX_EXPONENT}")
+        if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > MAX_INTEGER_BITS:
+            raise LimitError(f"power would exceed {MAX_INTEGER_BITS} bits")
+    return left ** right
+
+
+def safe_modulo(left: Any, right: Any) -> Any:
+    if isinstance(left, str):
+        raise ValueError("%-formatting of strings is not allowed")
+    return left % right
+
+
+def safe_multiply(left: Any, right: Any) -> Any:
+    for sequence, count in ((left, right), (right, left)):
+        if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and count > 0:
+            # `[[0] * 10**5] * 10**5` is refused here, before ten billion items exist.
+            if measure(sequence) * count > MAX_SEQUENCE_LENGTH or len(sequence) * count > MAX_SEQUENCE_LENGTH:
+                raise LimitError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items)")
+    return left * right
+
+
 RANDOM_HELPERS: dict[str, Callable[..., Any]] = {
     "sample": sample, "sample_sequential": sample_sequential, "shuffle_list": shuffle_list,
     "np.random.randint": randint,

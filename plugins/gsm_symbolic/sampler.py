@@ -19,11 +19,11 @@ from __future__ import annotations
 import ast
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from plugins.gsm_symbolic.binding import bind, numeric_value, store
-from plugins.gsm_symbolic.enumeration import LinePopulations, NotEnumerable, enumerate_solutions
+from plugins.gsm_symbolic.enumeration import HeldLine, LinePopulations, NotEnumerable, enumerate_solutions
 from plugins.gsm_symbolic.errors import TemplateError
 from plugins.gsm_symbolic.expressions import Budget, Context, FatalTemplateError, all_hold, evaluate, sub_expression
 from plugins.gsm_symbolic.planning import Component, agreement_condition, plan_components
@@ -251,7 +251,7 @@ class TemplateSampler:
         if component.valid >= PROBE_SUCCESSES:
             return
         try:
-            lines = [_HeldLine(self.held[index]) if index in self.held else LinePopulations(self.template.assignments[index])
+            lines = [HeldLine(self.held[index]) if index in self.held else LinePopulations(self.template.assignments[index])
                      for index in component.lines]
 
             targets = [tuple(zip(self.template.assignments[index].names, self.template.assignments[index].numeric))
@@ -362,21 +362,6 @@ class TemplateSampler:
             return Instance(instance.values, instance.displays, question, instance.answer, instance.gold)
         return Instance({name: environment.get(name) for name in template.variables}, displays, question,
                         template.answer.strip(), parse_final_answer(template))
-
-
-@dataclass
-class _HeldLine:
-    """A line held at its original values, as the enumeration sees it: one pick, certain."""
-
-    binding: tuple[dict[str, Any], dict[str, str]]
-    items: list = field(init=False)
-
-    def __post_init__(self) -> None:
-        values, displays = self.binding
-        self.items = [(tuple((displays[name], value) if name in displays else value for name, value in values.items()), 1.0)]
-
-    def picks(self, environment: dict[str, Any], context: Context) -> list:
-        return self.items
 
 
 def instance_rng(seed: int, template: Template, instance: int) -> random.Random:
