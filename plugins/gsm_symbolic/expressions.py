@@ -233,7 +233,6 @@ def _sequence(node: ast.Tuple | ast.List) -> Callable[[Environment, Context], An
 
 
 INTEGER_LIMIT = 1 << MAX_INTEGER_BITS
-PLAIN_NUMBERS = (int, float)
 NUMBERS = (int, float, Fraction)
 FAST_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
                   ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
@@ -342,7 +341,11 @@ def _call(node: ast.Call) -> Callable[[Environment, Context], Any]:
     def call(environment: Environment, context: Context) -> Any:
         values = [argument(environment, context) for argument in arguments]
         # Helpers walk their arguments (sum, min, list(range(...))...): charge what they walk.
-        context.budget.charge(sum(1 if type(value) in PLAIN_NUMBERS else size_of(value) for value in values))
+        steps = len(values)
+        for value in values:
+            if type(value) not in NUMBERS:
+                steps += size_of(value)
+        context.budget.charge(steps)
         if random_helper is not None:
             result = random_helper(context.rng, *values)
         else:

@@ -37,9 +37,9 @@ __all__ = ["DEFAULT_MAX_TRIES", "VARIANTS", "Instance", "SamplerStats", "Templat
            "format_value", "generate", "generate_rows", "held_variables", "instance_rng", "json_value"]
 
 DEFAULT_MAX_TRIES = 10_000
-PROBE_TRIES = 500  # independent draws that measure a template's acceptance rate
-PROBE_SUCCESSES = 20  # this many valid probe draws (one in 25 or better): rejection sampling is cheap
-AGREEMENT_PROBES = 20  # complete draws checked for `####` == `#answer` before the instances
+PROBE_TRIES = 300  # independent draws that measure a template's acceptance rate
+PROBE_SUCCESSES = 12  # this many valid probe draws (one in 25 or better): rejection sampling is cheap
+AGREEMENT_PROBES = 5  # complete draws checked for `####` == `#answer` before the instances
 INCONSISTENT_LIMIT = 200  # valid draws whose `####` disagrees, none agreeing, before a template is refused
 BASE_BUDGET = 6_000_000  # evaluation steps per template (about a second of work), plus the per-instance share below
 INSTANCE_BUDGET = 50_000
