@@ -27,7 +27,8 @@ from plugins.gsm_symbolic.expressions import Context, Expression, FatalTemplateE
 from plugins.gsm_symbolic.helpers import RANDOM_HELPERS
 from plugins.gsm_symbolic.template import Assignment
 
-ENUMERATION_LIMIT = 60_000  # branches walked before the listing stops at the levels done
+ENUMERATION_LIMIT = 60_000  # branches of one level walked before the listing stops at the levels done
+TOTAL_LIMIT = 150_000  # branches of all levels together
 PERMUTATION_LIMIT = 50_000  # ordered picks of several names from one population
 
 
@@ -163,15 +164,18 @@ def _reads(node: ast.AST, name: str) -> bool:
     return any(isinstance(child, ast.Name) and child.id == name for child in ast.walk(node))
 
 
-def _linear(node: ast.expr, name: str) -> bool:
+def _linear(node: ast.expr, name: str, scaled: bool = True) -> bool:
     """Whether `node` is linear in `name`: sums, differences and negations of terms, where the
-    term holding `name` may be multiplied by, or divided by, parts that do not read it."""
+    term holding `name` may be multiplied by, or divided by, parts that do not read it (unless
+    `scaled` is False: then `name` must enter with slope +1 or -1)."""
     if not _reads(node, name) or (isinstance(node, ast.Name) and node.id == name):
         return True
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
-        return _linear(node.left, name) and _linear(node.right, name)
+        return _linear(node.left, name, scaled) and _linear(node.right, name, scaled)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        return _linear(node.operand, name)
+        return _linear(node.operand, name, scaled)
+    if not scaled:
+        return False
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
         return (_linear(node.left, name) and not _reads(node.right, name)) or (
             _linear(node.right, name) and not _reads(node.left, name))
@@ -192,6 +196,50 @@ def equality_pin(condition: Expression, name: str) -> Expression | None:
     if occurrences != 1 or not _linear(difference, name):
         return None
     return sub_expression(condition, difference)
+
+
+def integer_pin(condition: Expression, name: str) -> Expression | None:
+    """For `is_int(expression)` with `name` a plain term of it, read once (`is_int(price - cost)`):
+    that expression; it is whole only for values of `name` with one fractional part."""
+    body = condition.tree.body
+    if not (isinstance(body, ast.Call) and isinstance(body.func, ast.Name) and body.func.id == "is_int"
+            and len(body.args) == 1):
+        return None
+    argument = body.args[0]
+    occurrences = sum(1 for child in ast.walk(argument) if isinstance(child, ast.Name) and child.id == name)
+    if occurrences != 1 or not _linear(argument, name, scaled=False):
+        return None
+    return sub_expression(condition, argument)
+
+
+def find_pin(condition: Expression, name: str) -> tuple[str, Expression] | None:
+    """How `condition` pins `name`: ("equal", left - right) or ("integral", the is_int argument)."""
+    difference = equality_pin(condition, name)
+    if difference is not None:
+        return "equal", difference
+    argument = integer_pin(condition, name)
+    return ("integral", argument) if argument is not None else None
+
+
+def fractional_part(value: Any) -> Any:
+    """The key picks are grouped by for an `is_int` pin: the fractional part, rounded past float noise."""
+    try:
+        return round(float(value) % 1, 9) % 1
+    except (TypeError, ValueError):
+        return None
+
+
+def _integral_picks(argument: Expression, name: str, lookup: dict[Any, list], picks: list,
+                    environment: dict[str, Any], context: Context) -> list:
+    """The picks that can make `is_int(argument)` true: when `name` enters with slope +-1, only
+    those with the one fractional part that does; with any other slope, all of them."""
+    environment[name] = 0
+    at_zero = evaluate(argument, environment, context)
+    environment[name] = 1
+    slope = evaluate(argument, environment, context) - at_zero
+    if slope not in (1, -1):
+        return picks
+    return lookup.get(fractional_part(-at_zero * slope), [])
 
 
 def pinned_value(difference: Expression, name: str, environment: dict[str, Any], context: Context) -> Any:
@@ -244,18 +292,28 @@ def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple
         static.append(picks)
         pin = None
         if picks is not None and isinstance(line, LinePopulations) and line.count == 1:
-            numeric = line.assignment.numeric[0]
+            numeric, name = line.assignment.numeric[0], line.assignment.names[0]
             for condition in conditions:
-                found = equality_pin(condition, line.assignment.names[0])
+                found = find_pin(condition, name)
                 if found is not None:
-                    pin = (found, line.assignment.names[0], _by_value(picks, numeric))
+                    kind, expression = found
+                    groups = _by_value(picks, numeric)
+                    if kind == "integral":
+                        merged: dict[Any, list] = {}
+                        for value, members in groups.items():
+                            merged.setdefault(fractional_part(value), []).extend(members)
+                        groups = merged
+                    pin = (kind, expression, name, groups)
                     break
         pinned.append(pin)
     frontier: list[tuple[tuple[Any, ...], float]] = [((), 1.0)]
-    walked = 0
+    total, walked = 0, 0
     for level, conditions in enumerate(checks):
+        total += walked if level else 0
+        walked = 0  # `limit` bounds each level's branches, TOTAL_LIMIT the whole walk's
         expanded: list[tuple[tuple[Any, ...], float]] = []
-        if static[level] is not None and pinned[level] is None and walked + len(frontier) * len(static[level]) > limit:
+        growth = len(frontier) * len(static[level]) if static[level] is not None and pinned[level] is None else 0
+        if growth > limit or total + growth > TOTAL_LIMIT:
             # This level alone would pass the limit: stop before walking any of it.
             if level == 0:
                 raise NotEnumerable
@@ -274,16 +332,19 @@ def enumerate_solutions(lines: list[LinePopulations], bind: Callable[[int, tuple
             if picks is None:
                 picks = lines[level].picks(environment, context)
             if pinned[level] is not None:
-                difference, name, lookup = pinned[level]
+                kind, expression, name, lookup = pinned[level]
                 try:
-                    picks = lookup.get(pinned_value(difference, name, environment, context), [])
+                    if kind == "equal":
+                        picks = lookup.get(pinned_value(expression, name, environment, context), [])
+                    else:
+                        picks = _integral_picks(expression, name, lookup, picks, environment, context)
                 except TypeError:  # an unhashable value: nothing pinned can equal it
                     picks = []
                 except TemplateError:
                     picks = []  # e.g. a division by zero on this branch: no value meets it
             # A pinned level costs one lookup per node above, not one branch per value.
             walked += len(picks) if pinned[level] is None else 1
-            if walked > limit:
+            if walked > limit or total + walked > TOTAL_LIMIT:
                 if level == 0:
                     raise NotEnumerable
                 return _solutions(frontier, level)  # the levels above, listed; the rest by rejection

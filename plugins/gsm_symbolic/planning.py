@@ -15,7 +15,7 @@ import ast
 import math
 from dataclasses import dataclass, field
 
-from plugins.gsm_symbolic.enumeration import Solutions, equality_pin
+from plugins.gsm_symbolic.enumeration import Solutions, find_pin
 from plugins.gsm_symbolic.expressions import Expression, sub_expression
 from plugins.gsm_symbolic.template import Template
 
@@ -106,7 +106,7 @@ def plan_components(template: Template, extra: tuple[Expression, ...] = (), size
             needed |= lines[index].domain.names
     # The lines each equality could pin: those whose one name is a plain term of its sum.
     sizes = sizes or {}
-    pinnable = [sorted(line_of[name] for name in condition.names if name in line_of and equality_pin(condition, name))
+    pinnable = [sorted(line_of[name] for name in condition.names if name in line_of and find_pin(condition, name))
                 for condition in conditions]
     pinned = [max(terms, key=lambda line: (sizes.get(line, 1_000), -line)) if terms else None for terms in pinnable]
     dependencies = {index: {line_of[name] for name in lines[index].domain.names if name in line_of} for index in relevant}
