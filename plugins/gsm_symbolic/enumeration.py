@@ -1,12 +1,13 @@
 """Exact sampling for templates whose conditions independent rejection rarely meets.
 
-The `#init` lines that the conditions read are walked depth first: each line's domain is turned
+The `#init` lines that the conditions read are walked level by level: each line's domain is turned
 into its population (the values a draw picks from, each with its probability), every condition is
 checked as soon as the lines it reads are bound, and a branch stops at the first failed one. The
 leaves that pass are the valid draws, each weighted by the probability independent draws would have
 given it; picking among them by weight gives exactly the distribution of rejection sampling, only
-without the rejections. The walk has a step limit: a template whose valid draws cannot be listed
-within it stays with rejection sampling.
+without the rejections. A condition that fixes a line's value (an equality linear in it, or
+`is_int(x + rest)`) pins it: its picks are looked up, not walked. The walk has branch limits: past
+them the levels already listed are kept and the remaining lines are drawn by rejection.
 """
 
 from __future__ import annotations
