@@ -67,23 +67,41 @@ def parse_number(text: str) -> Any:
     return words_to_number(cleaned)
 
 
+def _any_vocabulary_entry(text: str) -> tuple[str, Any] | None:
+    """A `(text, number)` entry of any vocabulary whose text reads like `text` ("a third", "twice"),
+    for originals written in words that the line's own vocabulary does not hold."""
+    wanted = text.lower().replace("-", " ").strip()
+    for items in VOCABULARIES.values():
+        for item in items:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and \
+                    item[0].lower().replace("-", " ") == wanted:
+                return item
+    return None
+
+
 def _original_value(assignment: Assignment, numeric: bool, original: str, environment: dict[str, Any],
                     context: Context) -> tuple[Any, bool]:
     """The value an original stands for, and whether it could be read (a `$` original must be)."""
-    entry = _display_entry(_population(assignment.domain, environment, context), original)
+    population = _population(assignment.domain, environment, context)
+    entry = _display_entry(population, original)
     if entry is not None:
         return entry, True
+    number = parse_number(original)
     if numeric:
-        number = parse_number(original)
+        if number is None and (entry := _any_vocabulary_entry(original)) is not None:
+            return (original, entry[1]), True  # shown as written, valued as the vocabulary's entry
         return number, number is not None
+    if number is not None and not (isinstance(population, (list, tuple)) and original in population):
+        return number, True  # a plain variable drawn from numbers (`a, b = sample(range(...), 2)`)
     return original, True
 
 
-def original_bindings(template: Template, base: dict[str, Any], context: Context,
-                      strict: bool) -> tuple[dict[str, Any], dict[str, str], bool]:
+def original_bindings(template: Template, base: dict[str, Any], context: Context, strict: bool,
+                      only: frozenset[str] | None = None) -> tuple[dict[str, Any], dict[str, str], bool]:
     """Values (and question texts) of every variable at its original; lines without originals
     are drawn. `complete` is False when an original could not be read as a value; with `strict`
-    that is an error naming the variable."""
+    that is an error naming the variable (for the variables in `only`, when given: the ones a
+    variant holds; the others are re-drawn anyway)."""
     originals = template.originals()
     environment, displays, complete = dict(base), {}, True
     for assignment in template.assignments:
@@ -91,7 +109,7 @@ def original_bindings(template: Template, base: dict[str, Any], context: Context
             for name, numeric in zip(assignment.names, assignment.numeric):
                 value, readable = _original_value(assignment, numeric, originals[name], environment, context)
                 if not readable:
-                    if strict:
+                    if strict and (only is None or name in only):
                         raise assignment.domain.location.error(
                             f"original value {originals[name]!r} of numeric variable {name!r} is not a number")
                     complete = False
@@ -100,7 +118,7 @@ def original_bindings(template: Template, base: dict[str, Any], context: Context
         try:
             bind(assignment, evaluate(assignment.domain, environment, context), environment, displays, context.rng)
         except TemplateError:
-            if strict:
+            if strict and (only is None or set(assignment.names) & only):
                 raise
             complete = False
             for name in assignment.names:

@@ -92,10 +92,14 @@ def split_condition(condition: Expression) -> list[Expression]:
     return [condition]
 
 
-def plan_components(template: Template, extra: tuple[Expression, ...] = (), sizes: dict[int, int] | None = None) -> Plan:
-    """`sizes`: how many values each line picks from, where known (an equality pins its largest term)."""
+def plan_components(template: Template, extra: tuple[Expression, ...] = (), sizes: dict[int, int] | None = None,
+                    held: frozenset[str] = frozenset()) -> Plan:
+    """`sizes`: how many values each line picks from, where known (an equality pins its largest
+    term). `held`: variables a variant keeps at their originals; a condition on those alone is
+    left out (the original question met it, whatever the template's ranges say)."""
     lines = template.assignments
-    conditions = [part for condition in list(template.conditions) + list(extra) for part in split_condition(condition)]
+    conditions = [part for condition in list(template.conditions) + list(extra) for part in split_condition(condition)
+                  if not (held and condition.names and condition.names <= held)]
     line_of = {name: index for index, line in enumerate(lines) for name in line.names}
     condition_lines = [{line_of[name] for name in condition.names if name in line_of} for condition in conditions]
     needed = set().union(*(condition.names for condition in conditions)) if conditions else set()

@@ -97,10 +97,11 @@ class TemplateSampler:
         self.agreement_required = False
         self.consistent = 0  # instances whose `####` agreed with `#answer`
         self.last_error: TemplateError | None = None
-        plan = plan_components(template, sizes=self._line_sizes())
+        plan = plan_components(template, sizes=self._line_sizes(), held=self.keep)
         self.components, self.rest, self.constant_checks = plan.components, plan.rest, plan.constant_checks
         if self.keep:
-            values, displays, _ = original_bindings(template, self.base, Context(random.Random(0), self.budget), strict=True)
+            values, displays, _ = original_bindings(template, self.base, Context(random.Random(0), self.budget),
+                                                    strict=True, only=self.keep)
             for index, line in enumerate(template.assignments):
                 if any(name in self.keep for name in line.names):
                     self.held[index] = ({name: values[name] for name in line.names},
@@ -211,7 +212,7 @@ class TemplateSampler:
             # Every probe draw's `####` disagrees with `#answer`: search for the draws where they
             # agree instead (found by listing when there are any; refused when there are none).
             self.agreement_required = True
-            plan = plan_components(self.template, (agreement_condition(self.template),), self._line_sizes())
+            plan = plan_components(self.template, (agreement_condition(self.template),), self._line_sizes(), self.keep)
             self.components, self.rest, self.constant_checks = plan.components, plan.rest, plan.constant_checks
             self._probe()
             return

@@ -189,3 +189,17 @@ def test_unsatisfiable_conditions_are_proved_so():
     made = template("Pick {a,2}. Answer?", ["$a = range(1, 50)"], ["a > 60"], "a", "{a}\n#### {a}")
     with pytest.raises(TemplateError, match=r"conditions cannot be met \(no possible draw satisfies #conditions"):
         generate(made, 2, seed=0)
+
+
+def test_variants_hold_originals_written_in_words_or_outside_the_ranges():
+    # Apple's originals are often outside the template's ranges, or words its vocabulary lacks.
+    made = template("{name,Ivo} runs {k,twice} around a {m,3}-km loop and then {a,2} km. He did {n,forty-two} laps last week. How far today?",
+                    ["name = sample(names_male)", "$k = sample(multi_times)", "$m = range(5, 9)",
+                     "a = sample(list(range(4, 9)))", "$n = numbers_within(31, 35)"],
+                    ["m > 4", "n > 30"], "m * k + a", "{m} * {k} + {a}\n#### {m * k + a}")
+    for row in generate_rows(made, 4, seed=1, variant="names"):  # every number held, the name drawn
+        assert (row["values"]["k"], row["values"]["m"], row["values"]["a"], row["values"]["n"]) == (2, 3, 2, 42)
+        assert "runs twice around a 3-km loop" in row["question"] and final_number(row) == 8
+    for row in generate_rows(made, 4, seed=1, variant="numbers"):  # the plain `a` held, as a number
+        assert row["values"]["a"] == 2 and row["values"]["name"] == "Ivo"
+        assert final_number(row) == row["values"]["m"] * row["values"]["k"] + 2
