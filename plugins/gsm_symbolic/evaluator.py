@@ -19,7 +19,9 @@ class GSMSymbolicConfig(GSMConfig):
     data_file: str = ""  # a generated JSONL in the official layout; "" -> generate from templates
     templates: str = ""  # folder with <variant>/NNNN.json; "" -> the shipped templates
     variant: str = "symbolic"
-    sets: int = 5  # instance sets (set k = the k-th instance of every template)
+    # Instance sets (set k = the k-th instance of every template). 0: every set a data file holds
+    # (Apple's released files hold 50), or 5 when generating; N: the first N sets.
+    sets: int = 0
     instance_seed: int = 0
     original: bool = True  # also score the original questions and report the drop
 
@@ -29,8 +31,8 @@ class GSMSymbolicEvaluator(LanguageModelEvaluator):
 
     def evaluate(self, model: LanguageModel, context: EvalContext) -> dict[str, Any]:
         config = self.config
-        if config.sets < 1:
-            raise EvaluationError(f"gsm_symbolic sets must be >= 1, got {config.sets}")
+        if config.sets < 0:
+            raise EvaluationError(f"gsm_symbolic sets must be >= 0 (0: all of a data file), got {config.sets}")
         rows = load_symbolic_rows(config, context.limit)
         scored = [row["question"] for row in rows] + [row["original_question"] for row in rows]
         shots = gsm.draw_shots(shot_pool(config), config.num_shots, config.seed, exclude=scored)

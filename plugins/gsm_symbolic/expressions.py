@@ -1,201 +1,92 @@
 """A restricted evaluator for template expressions (domains, conditions, answers, placeholders).
 
-Template text is never given to `eval`/`exec`: it is parsed with `ast.parse(mode="eval")` and the
-tree is walked node by node over a whitelist (literals, names, arithmetic, comparisons, boolean
-operators, conditional expressions, subscripts, and calls to the named helpers in `HELPER_NAMES`).
-Everything else (attribute access beyond `np.`/`np.random.`, dunders, lambdas, comprehensions,
-starred arguments, f-strings...) is refused with a `TemplateError` naming the file and line.
-Sizes are capped so that a template cannot build huge numbers or sequences either.
+Template text is never given to `eval`/`exec`: it is parsed with `ast.parse(mode="eval")`, the
+tree is checked node by node against a whitelist (literals, names, arithmetic, comparisons,
+boolean operators, conditional expressions, subscripts, and calls to the helpers of `helpers`),
+and the checked tree is turned into a chain of Python closures, one per node, built once per
+template. Everything else (attribute access beyond `np.`/`np.random.`, dunders, lambdas,
+comprehensions, starred arguments, f-strings...) is refused with a `TemplateError` naming the file
+and line, and so are expressions that are too long or too deeply nested to be a word problem's.
+
+Every evaluation is charged to a `Budget`: one step per node, plus the length of every sequence a
+helper or operator walks. A template whose draws would cost more than its budget is refused rather
+than left running (a costly condition times thousands of retries is the usual way to get there).
 """
 
 from __future__ import annotations
 
 import ast
-import math
 import operator
 import random
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from plugins.gsm_symbolic.errors import Location, TemplateError
+from plugins.gsm_symbolic.helpers import (
+    HELPER_NAMES, MAX_INTEGER_BITS, PURE_HELPERS, RANDOM_HELPERS, LimitError, check_value, contains, divides,
+    is_int, safe_modulo, safe_multiply, safe_power, size_of,
+)
 
-MAX_INTEGER_BITS = 256  # far above any GSM quantity, far below what could exhaust memory
-MAX_EXPONENT = 256
-MAX_SEQUENCE_LENGTH = 100_000
-MAX_RANGE_LENGTH = 10_000_000  # ranges are lazy; only materialised lists are capped lower
-MAX_ROUND_DIGITS = 30
-DECIMAL_TEXT = re.compile(r"^\s*-?\d{1,30}(\.\d{1,30})?(/\d{1,30})?\s*$")
-FLOAT_DIGITS = 10  # rounding that removes binary noise such as 0.1 + 0.2 = 0.30000000000000004
+__all__ = ["Budget", "Expression", "evaluate", "evaluate_text", "parse_expression", "divides", "is_int"]
+
+MAX_EXPRESSION_LENGTH = 2_000  # the official templates' longest is under 300 characters
+MAX_DEPTH = 64  # nesting of the parsed tree; the official templates stay under 15
+MAX_NODES = 1_000  # the official templates stay under 100
+DEFAULT_BUDGET = 3_000_000  # steps per template: about a second of evaluation on a slow machine
+NUMERIC_VARIABLE = re.compile(r"\$(?=[A-Za-z_])")
+QUOTED = re.compile(r"'[^'\\]*'|\"[^\"\\]*\"")
+
+Environment = Mapping[str, Any]
+
+
+class BudgetExceeded(Exception):
+    """Raised inside evaluation when the template's step budget is spent."""
+
+
+class FatalTemplateError(TemplateError):
+    """A template is refused as a whole, never retried draw by draw: a size limit or its budget."""
+
+
+class BudgetError(FatalTemplateError):
+    """A template spent its evaluation budget."""
+
+
+@dataclass
+class Budget:
+    """Steps a template may still spend; `spent` is what it has used."""
+
+    limit: int = DEFAULT_BUDGET
+    spent: int = 0
+
+    def charge(self, steps: int) -> None:
+        self.spent += steps
+        if self.spent > self.limit:
+            raise BudgetExceeded
+
+
+@dataclass
+class Context:
+    """What a compiled expression needs besides the variables: the random stream and the budget."""
+
+    rng: random.Random
+    budget: Budget = field(default_factory=Budget)
+
 
 BINARY_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: safe_multiply, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: safe_modulo, ast.Pow: safe_power,
 }
 UNARY_OPERATORS: dict[type, Callable[[Any], Any]] = {
     ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_,
 }
 COMPARISONS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: a in b,
-    ast.NotIn: lambda a, b: a not in b,
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.In: lambda a, b: contains(b, a),
+    ast.NotIn: lambda a, b: not contains(b, a),
 }
-
-
-# ---- domain helpers: every random one takes an explicit `random.Random` for determinism ----
-
-def _population(values: Any) -> list[Any] | range:
-    if isinstance(values, range):
-        if len(values) > MAX_RANGE_LENGTH:
-            raise ValueError(f"range holds {len(values)} values (limit {MAX_RANGE_LENGTH})")
-        return values
-    if isinstance(values, (list, tuple)):
-        return list(values)
-    raise TypeError(f"expected a list or range, got {type(values).__name__}")
-
-
-def sample(rng: random.Random, values: Any, k: int | None = None) -> Any:
-    """One element of `values` (k=None), or `k` distinct elements in random order."""
-    population = _population(values)
-    if k is None:
-        return rng.choice(population)
-    _check_count(k)
-    return list(rng.sample(population, k))
-
-
-def sample_sequential(rng: random.Random, values: Any, k: int) -> list[Any]:
-    """`k` distinct elements of `values`, kept in their original order (e.g. increasing numbers)."""
-    population = _population(values)
-    _check_count(k)
-    positions = sorted(rng.sample(range(len(population)), k))
-    return [population[position] for position in positions]
-
-
-def shuffle_list(rng: random.Random, values: Any) -> list[Any]:
-    population = _population(values)
-    _check_count(len(population))
-    shuffled = list(population)
-    rng.shuffle(shuffled)
-    return shuffled
-
-
-def randint(rng: random.Random, low: int, high: int | None = None) -> int:
-    """numpy's `np.random.randint`: `high` excluded; one argument means [0, low)."""
-    if high is None:
-        low, high = 0, low
-    return rng.randrange(low, high)
-
-
-def arange(start: float, stop: float | None = None, step: float = 1) -> list[Any]:
-    """numpy's `arange` as a list: `stop` excluded; floats rounded so 0.1 steps stay clean."""
-    if stop is None:
-        start, stop = 0, start
-    if step == 0:
-        raise ValueError("arange step must not be zero")
-    count = max(0, math.ceil((stop - start) / step))
-    if count > MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"arange would hold {count} values (limit {MAX_SEQUENCE_LENGTH})")
-    values = [start + index * step for index in range(count)]
-    return fix_floats(values)
-
-
-def frange(start: float, stop: float, step: float = 1) -> list[Any]:
-    """Float range with `stop` excluded (the same as `arange` with three arguments)."""
-    return arange(start, stop, step)
-
-
-def numbers_within(low: int, high: int) -> range:
-    """The integers from `low` to `high`, both included."""
-    return _range(low, high + 1)
-
-
-def fix_floats(value: Any) -> Any:
-    """Round away binary float noise (recursively in lists and tuples); integral floats stay floats."""
-    if isinstance(value, float):
-        return round(value, FLOAT_DIGITS)
-    if isinstance(value, (list, tuple)):
-        return type(value)(fix_floats(item) for item in value)
-    return value
-
-
-def is_int(value: Any) -> bool:
-    """True for integers, Fractions with denominator 1, and floats within rounding noise of one."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    if isinstance(value, Fraction):
-        return value.denominator == 1
-    if isinstance(value, float):
-        return math.isfinite(value) and abs(value - round(value)) < 10 ** -FLOAT_DIGITS
-    return False
-
-
-def divides(a: Any, b: Any) -> bool:
-    """True when `a` is a multiple of `b` (the order the official templates use)."""
-    if b == 0:
-        return False
-    if isinstance(a, float) or isinstance(b, float):
-        return is_int(a / b)
-    return is_int(Fraction(a) / Fraction(b))
-
-
-def _check_count(count: int) -> None:
-    if count > MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"{count} items asked for (limit {MAX_SEQUENCE_LENGTH})")
-
-
-def _fraction(numerator: Any = 0, denominator: Any = None) -> Fraction:
-    # Fraction("1e999999999") would compute 10**999999999; only plain decimal text is accepted.
-    for argument in (numerator, denominator):
-        if isinstance(argument, str) and not DECIMAL_TEXT.match(argument):
-            raise ValueError(f"Fraction text {argument!r} must look like 3, 1.5 or 2/3")
-    return Fraction(numerator) if denominator is None else Fraction(numerator, denominator)
-
-
-def _round(value: Any, digits: int | None = None) -> Any:
-    # round(5, -10**9) would compute 10**10**9.
-    if digits is not None and abs(digits) > MAX_ROUND_DIGITS:
-        raise ValueError(f"round to {digits} digits is outside +-{MAX_ROUND_DIGITS}")
-    return round(value) if digits is None else round(value, digits)
-
-
-def _range(*arguments: int) -> range:
-    result = range(*arguments)
-    if len(result) > MAX_RANGE_LENGTH:
-        raise ValueError(f"range would hold {len(result)} values (limit {MAX_RANGE_LENGTH})")
-    return result
-
-
-RANDOM_HELPERS: dict[str, Callable[..., Any]] = {
-    "sample": sample, "sample_sequential": sample_sequential, "shuffle_list": shuffle_list,
-    "np.random.randint": randint,
-}
-PURE_HELPERS: dict[str, Callable[..., Any]] = {
-    "range": _range, "arange": arange, "np.arange": arange, "frange": frange,
-    "numbers_within": numbers_within, "fix_floats": fix_floats, "is_int": is_int, "divides": divides,
-    "Fraction": _fraction, "int": int, "float": float, "round": _round, "abs": abs, "min": min,
-    "max": max, "len": len, "sum": sum, "str": str,
-}
-HELPER_NAMES: frozenset[str] = frozenset(RANDOM_HELPERS) | frozenset(PURE_HELPERS)
-
-
-# ---- static checking ----
-
-def _dotted_name(node: ast.expr) -> str | None:
-    """`np.random.randint` for an attribute chain over a bare name, else None."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return None
-    parts.append(node.id)
-    return ".".join(reversed(parts))
-
-
 ALLOWED_NODES: tuple[type, ...] = (
     ast.Expression, ast.Constant, ast.Name, ast.Load, ast.Tuple, ast.List, ast.BinOp, ast.UnaryOp,
     ast.Compare, ast.BoolOp, ast.IfExp, ast.Subscript, ast.Slice, ast.Call, ast.And, ast.Or,
@@ -211,153 +102,328 @@ class Expression:
     tree: ast.Expression
     location: Location
     names: frozenset[str]
+    function: Callable[[Environment, Context], Any] = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+    steps: int = 1  # nodes: what one evaluation is charged, before sequence work
 
 
-def parse_expression(text: str, location: Location) -> Expression:
-    """Parse `text` and check it against the whitelist, or raise TemplateError at `location`."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as error:
-        raise location.error(f"cannot parse expression {text.strip()!r}: {error.msg}") from None
+def _dotted_name(node: ast.expr) -> str | None:
+    """`np.random.randint` for an attribute chain over a bare name, else None."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def strip_numeric_marks(text: str) -> str:
+    """`$ans` -> `ans` outside quoted text: answers and conditions may name `$` variables so."""
+    pieces, position = [], 0
+    for quoted in QUOTED.finditer(text):
+        pieces.append(NUMERIC_VARIABLE.sub("", text[position:quoted.start()]))
+        pieces.append(quoted.group(0))
+        position = quoted.end()
+    pieces.append(NUMERIC_VARIABLE.sub("", text[position:]))
+    return "".join(pieces)
+
+
+def _depth_and_size(tree: ast.AST) -> tuple[int, int]:
+    deepest, count, stack = 0, 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH or count > MAX_NODES:
+            break
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest, count
+
+
+def _check_tree(tree: ast.Expression, shown: str, location: Location) -> set[str]:
     # Node kinds first, so a lambda or comprehension is named as such even inside a call.
     for node in ast.walk(tree):
         if not isinstance(node, ALLOWED_NODES) and not isinstance(node, ast.Attribute):
-            raise location.error(f"{type(node).__name__} is not allowed in template expressions: {text.strip()!r}")
+            raise location.error(f"{type(node).__name__} is not allowed in template expressions: {shown!r}")
     names: set[str] = set()
+    function_parts: set[int] = set()  # ids of the Attribute nodes that spell a called helper
     for node in ast.walk(tree):
-        # Complex numbers, bytes and `...` have no place in a word problem.
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str, type(None))):
-            raise location.error(f"constant {node.value!r} is not allowed: {text.strip()!r}")
+            raise location.error(f"constant {node.value!r} is not allowed: {shown!r}")
         if isinstance(node, ast.Name):
             if node.id.startswith("_"):
-                raise location.error(f"name {node.id!r} is not allowed (leading underscore): {text.strip()!r}")
+                raise location.error(f"name {node.id!r} is not allowed (leading underscore): {shown!r}")
             names.add(node.id)
         elif isinstance(node, ast.Attribute):
             dotted = _dotted_name(node)
             if dotted is None or "__" in dotted:
-                raise location.error(f"attribute access is not allowed: {text.strip()!r}")
+                raise location.error(f"attribute access is not allowed: {shown!r}")
         elif isinstance(node, ast.Call):
             dotted = _dotted_name(node.func)
             if dotted is None or dotted not in HELPER_NAMES:
-                shown = dotted or type(node.func).__name__
-                raise location.error(f"unknown function {shown!r}; allowed: {', '.join(sorted(HELPER_NAMES))}")
+                raise location.error(f"unknown function {dotted or type(node.func).__name__!r}; "
+                                     f"allowed: {', '.join(sorted(HELPER_NAMES))}")
             if any(isinstance(argument, ast.Starred) for argument in node.args) or node.keywords:
-                raise location.error(f"only plain positional arguments are allowed: {text.strip()!r}")
-    # Attribute chains are only legal as the function of a helper call (checked above); a bare
-    # `np.random` or `np.arange` used as a value would otherwise slip through.
+                raise location.error(f"only plain positional arguments are allowed: {shown!r}")
+            part = node.func
+            while isinstance(part, ast.Attribute):
+                function_parts.add(id(part))
+                part = part.value
+    # A bare `np.random` or `np.arange` used as a value (not called) would otherwise slip through.
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and not any(
-                isinstance(parent, ast.Call) and _is_within(node, parent.func) for parent in ast.walk(tree)):
-                raise location.error(f"attribute access is not allowed: {text.strip()!r}")
+        if isinstance(node, ast.Attribute) and id(node) not in function_parts:
+            raise location.error(f"attribute access is not allowed: {shown!r}")
+    return names
+
+
+def parse_expression(text: str, location: Location) -> Expression:
+    """Parse `text`, check it against the whitelist and compile it, or raise TemplateError at `location`."""
+    source = strip_numeric_marks(text.strip())
+    shown = source if len(source) <= 80 else source[:77] + "..."
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        raise location.error(f"expression of {len(source):,} characters (limit {MAX_EXPRESSION_LENGTH}): {shown!r}")
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as error:
+        raise location.error(f"cannot parse expression {shown!r}: {error.msg}") from None
+    except (RecursionError, MemoryError):
+        raise location.error(f"expression nested too deeply to parse: {shown!r}") from None
+    depth, size = _depth_and_size(tree)
+    if depth > MAX_DEPTH or size > MAX_NODES:
+        raise location.error(f"expression too large or too deeply nested (limits: {MAX_NODES} nodes, "
+                             f"depth {MAX_DEPTH}): {shown!r}")
+    names = _check_tree(tree, shown, location)
     helper_roots = {name.split(".")[0] for name in HELPER_NAMES}
-    return Expression(text.strip(), tree, location, frozenset(names - helper_roots))
+    return Expression(source, tree, location, frozenset(names - helper_roots), _compile(tree.body), size)
 
 
-def _is_within(node: ast.AST, root: ast.AST) -> bool:
-    return any(child is node for child in ast.walk(root))
+# ---- compiling a checked tree into closures ----
+
+def _compile(node: ast.AST) -> Callable[[Environment, Context], Any]:
+    compiler = _COMPILERS.get(type(node))
+    if compiler is None:  # unreachable after _check_tree; kept so a gap fails loudly, not silently
+        raise ValueError(f"{type(node).__name__} is not allowed")
+    return compiler(node)
+
+
+def _constant(node: ast.Constant) -> Callable[[Environment, Context], Any]:
+    value = node.value
+    return lambda environment, context: value
+
+
+def _name(node: ast.Name) -> Callable[[Environment, Context], Any]:
+    name = node.id
+
+    def read(environment: Environment, context: Context) -> Any:
+        try:
+            return environment[name]
+        except KeyError:
+            raise NameError(f"unknown name {name!r}") from None
+    return read
+
+
+def _sequence(node: ast.Tuple | ast.List) -> Callable[[Environment, Context], Any]:
+    items = [_compile(item) for item in node.elts]
+    kind = tuple if isinstance(node, ast.Tuple) else list
+
+    def build(environment: Environment, context: Context) -> Any:
+        return check_value(kind(item(environment, context) for item in items))
+    return build
+
+
+INTEGER_LIMIT = 1 << MAX_INTEGER_BITS
+NUMBERS = (int, float, Fraction)
+FAST_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+                  ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+
+
+def _binary(node: ast.BinOp) -> Callable[[Environment, Context], Any]:
+    left, right, apply = _compile(node.left), _compile(node.right), BINARY_OPERATORS[type(node.op)]
+    fast = FAST_OPERATORS.get(type(node.op))
+
+    def general(a: Any, b: Any, context: Context) -> Any:
+        result = apply(a, b)
+        if type(result) in (list, tuple, str):
+            context.budget.charge(len(result))
+        return check_value(result)
+
+    if fast is None:
+        return lambda environment, context: general(left(environment, context), right(environment, context), context)
+
+    # The common case, numbers on both sides, skips the general checks: only an integer or a
+    # fraction can grow past the limit, and a comparison or two tells.
+    def combine(environment: Environment, context: Context) -> Any:
+        a, b = left(environment, context), right(environment, context)
+        if type(a) in NUMBERS and type(b) in NUMBERS:
+            result = fast(a, b)
+            kind = type(result)
+            if kind is int:
+                if not -INTEGER_LIMIT < result < INTEGER_LIMIT:
+                    raise LimitError(f"number too large (over {MAX_INTEGER_BITS} bits)")
+            elif kind is Fraction and (result.numerator.bit_length() > MAX_INTEGER_BITS
+                                       or result.denominator.bit_length() > MAX_INTEGER_BITS):
+                raise LimitError(f"fraction too large (over {MAX_INTEGER_BITS} bits)")
+            return result
+        return general(a, b, context)
+    return combine
+
+
+def _unary(node: ast.UnaryOp) -> Callable[[Environment, Context], Any]:
+    operand, apply = _compile(node.operand), UNARY_OPERATORS[type(node.op)]
+    return lambda environment, context: apply(operand(environment, context))
+
+
+def _boolean(node: ast.BoolOp) -> Callable[[Environment, Context], Any]:
+    operands = [_compile(value) for value in node.values]
+    is_and = isinstance(node.op, ast.And)
+
+    def decide(environment: Environment, context: Context) -> Any:
+        value: Any = None
+        for operand in operands:
+            value = operand(environment, context)
+            # Short-circuit like Python, so `b != 0 and a / b > 2` is safe.
+            if is_and != bool(value):
+                return value
+        return value
+    return decide
+
+
+def _compare(node: ast.Compare) -> Callable[[Environment, Context], Any]:
+    first = _compile(node.left)
+    steps = [(COMPARISONS[type(comparison)], _compile(right)) for comparison, right in zip(node.ops, node.comparators)]
+
+    def compare(environment: Environment, context: Context) -> bool:
+        left = first(environment, context)
+        for test, right_function in steps:
+            right = right_function(environment, context)
+            if isinstance(right, (list, tuple, str)):
+                context.budget.charge(len(right))
+            if not test(left, right):
+                return False
+            left = right
+        return True
+    return compare
+
+
+def _conditional(node: ast.IfExp) -> Callable[[Environment, Context], Any]:
+    test, body, orelse = _compile(node.test), _compile(node.body), _compile(node.orelse)
+    return lambda environment, context: (body if test(environment, context) else orelse)(environment, context)
+
+
+def _subscript(node: ast.Subscript) -> Callable[[Environment, Context], Any]:
+    value, index = _compile(node.value), _compile(node.slice)
+
+    def pick(environment: Environment, context: Context) -> Any:
+        container, key = value(environment, context), index(environment, context)
+        if type(container) in NUMBERS and key == 1:
+            # A `$` variable drawn as (text, number) holds the number; some official templates still
+            # write `mult[1]` for it, as if it held the pair.
+            return container
+        result = container[key]
+        if isinstance(result, (list, tuple, str)):
+            context.budget.charge(len(result))
+        return result
+    return pick
+
+
+def _slice(node: ast.Slice) -> Callable[[Environment, Context], Any]:
+    parts = [None if part is None else _compile(part) for part in (node.lower, node.upper, node.step)]
+    return lambda environment, context: slice(*(None if part is None else part(environment, context) for part in parts))
+
+
+def _call(node: ast.Call) -> Callable[[Environment, Context], Any]:
+    name = _dotted_name(node.func)
+    arguments = [_compile(argument) for argument in node.args]
+    random_helper = RANDOM_HELPERS.get(name)  # type: ignore[arg-type]
+    helper = PURE_HELPERS.get(name)  # type: ignore[arg-type]
+
+    def call(environment: Environment, context: Context) -> Any:
+        values = [argument(environment, context) for argument in arguments]
+        # Helpers walk their arguments (sum, min, list(range(...))...): charge what they walk.
+        steps = len(values)
+        for value in values:
+            if type(value) not in NUMBERS:
+                steps += size_of(value)
+        context.budget.charge(steps)
+        if random_helper is not None:
+            result = random_helper(context.rng, *values)
+        else:
+            result = helper(*values)  # type: ignore[misc]
+        kind = type(result)
+        if kind is bool or kind is float:
+            return result
+        if kind in (list, tuple, str):
+            context.budget.charge(len(result))
+        return check_value(result)
+    return call
+
+
+_COMPILERS: dict[type, Callable[[Any], Callable[[Environment, Context], Any]]] = {
+    ast.Constant: _constant, ast.Name: _name, ast.Tuple: _sequence, ast.List: _sequence,
+    ast.BinOp: _binary, ast.UnaryOp: _unary, ast.BoolOp: _boolean, ast.Compare: _compare,
+    ast.IfExp: _conditional, ast.Subscript: _subscript, ast.Slice: _slice, ast.Call: _call,
+}
+
+
+def sub_expression(parent: Expression, node: ast.expr) -> Expression:
+    """A part of a checked expression (say a call's first argument) as an expression of its own."""
+    names = frozenset(child.id for child in ast.walk(node) if isinstance(child, ast.Name)) & parent.names
+    return Expression(ast.unparse(node), ast.Expression(node), parent.location, names, _compile(node),
+                      sum(1 for _ in ast.walk(node)))
 
 
 # ---- evaluation ----
 
-def _check_size(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INTEGER_BITS:
-        raise ValueError(f"number too large (over {MAX_INTEGER_BITS} bits)")
-    if isinstance(value, Fraction) and max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_INTEGER_BITS:
-        raise ValueError(f"fraction too large (over {MAX_INTEGER_BITS} bits)")
-    if isinstance(value, (str, list, tuple)) and len(value) > MAX_SEQUENCE_LENGTH:
-        raise ValueError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items)")
-    return value
+EVALUATION_ERRORS = (ArithmeticError, ValueError, TypeError, NameError, IndexError, KeyError, OverflowError,
+                     RecursionError, MemoryError, AttributeError)
 
 
-def _safe_binary(kind: type, left: Any, right: Any) -> Any:
-    # Refuse before computing: `10**10**10` or `"a" * 10**12` would exhaust memory first.
-    if kind is ast.Pow and isinstance(right, (int, float, Fraction)) and not isinstance(right, bool):
-        if abs(right) > MAX_EXPONENT:
-            raise ValueError(f"exponent {right} exceeds the limit of {MAX_EXPONENT}")
-        if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > MAX_INTEGER_BITS:
-            raise ValueError(f"power would exceed {MAX_INTEGER_BITS} bits")
-    if kind is ast.Mod and isinstance(left, str):
-        raise ValueError("%-formatting of strings is not allowed")
-    if kind is ast.Mult:
-        for sequence, count in ((left, right), (right, left)):
-            if (isinstance(sequence, (str, list, tuple)) and isinstance(count, int)
-                    and len(sequence) * count > MAX_SEQUENCE_LENGTH):
-                    raise ValueError(f"sequence too long (over {MAX_SEQUENCE_LENGTH} items)")
-    return _check_size(BINARY_OPERATORS[kind](left, right))
+def _failure(expression: Expression, error: BaseException, context: Context) -> TemplateError:
+    """The TemplateError an evaluation failure becomes (fatal for the budget and the size limits)."""
+    if isinstance(error, BudgetExceeded):
+        return BudgetError(
+            f"{expression.location}: evaluation budget reached (limit {context.budget.limit:,} steps; last expression "
+            f"{expression.text[:80]!r}); the template's conditions are too costly or too rarely met")
+    if isinstance(error, LimitError):
+        return FatalTemplateError(f"{expression.location}: cannot evaluate {expression.text[:200]!r}: {error}")
+    return expression.location.error(f"cannot evaluate {expression.text[:200]!r}: {error}")
 
 
-class _Evaluator:
-    """Walks a checked tree; every node type reaching here was accepted by `parse_expression`."""
+def evaluate(expression: Expression, environment: Environment, rng: random.Random | Context,
+             budget: Budget | None = None) -> Any:
+    """The value of `expression` with names from `environment`; any failure is a TemplateError.
 
-    def __init__(self, environment: Mapping[str, Any], rng: random.Random) -> None:
-        self.environment = environment
-        self.rng = rng
-
-    def visit(self, node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return self.visit(node.body)
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id not in self.environment:
-                raise NameError(f"unknown name {node.id!r}")
-            return self.environment[node.id]
-        if isinstance(node, ast.Tuple):
-            return tuple(self.visit(item) for item in node.elts)
-        if isinstance(node, ast.List):
-            return [self.visit(item) for item in node.elts]
-        if isinstance(node, ast.BinOp):
-            return _safe_binary(type(node.op), self.visit(node.left), self.visit(node.right))
-        if isinstance(node, ast.UnaryOp):
-            return UNARY_OPERATORS[type(node.op)](self.visit(node.operand))
-        if isinstance(node, ast.BoolOp):
-            return self._boolean(node)
-        if isinstance(node, ast.Compare):
-            left = self.visit(node.left)
-            for comparison, right_node in zip(node.ops, node.comparators):
-                right = self.visit(right_node)
-                if not COMPARISONS[type(comparison)](left, right):
-                    return False
-                left = right
-            return True
-        if isinstance(node, ast.IfExp):
-            return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
-        if isinstance(node, ast.Subscript):
-            return _check_size(self.visit(node.value)[self.visit(node.slice)])
-        if isinstance(node, ast.Slice):
-            parts = (node.lower, node.upper, node.step)
-            return slice(*(None if part is None else self.visit(part) for part in parts))
-        if isinstance(node, ast.Call):
-            name = _dotted_name(node.func)
-            arguments = [self.visit(argument) for argument in node.args]
-            if name in RANDOM_HELPERS:
-                return _check_size(RANDOM_HELPERS[name](self.rng, *arguments))
-            return _check_size(PURE_HELPERS[name](*arguments))  # type: ignore[index]
-        raise ValueError(f"{type(node).__name__} is not allowed")
-
-    def _boolean(self, node: ast.BoolOp) -> Any:
-        value: Any = None
-        for operand in node.values:
-            value = self.visit(operand)
-            # Short-circuit like Python, so `b != 0 and a / b > 2` is safe.
-            if isinstance(node.op, ast.And) and not value:
-                return value
-            if isinstance(node.op, ast.Or) and value:
-                return value
-        return value
-
-
-def evaluate(expression: Expression, environment: Mapping[str, Any], rng: random.Random) -> Any:
-    """The value of `expression` with names from `environment`; any failure is a TemplateError."""
+    `rng` may be a `Context` (random stream and budget together); otherwise a fresh budget is used
+    unless `budget` is given.
+    """
+    context = rng if isinstance(rng, Context) else Context(rng, budget or Budget())
     try:
-        return _Evaluator(environment, rng).visit(expression.tree)
+        context.budget.charge(expression.steps)
+        return expression.function(environment, context)
     except TemplateError:
         raise
-    except (ArithmeticError, ValueError, TypeError, NameError, IndexError, KeyError, OverflowError) as error:
-        raise expression.location.error(f"cannot evaluate {expression.text!r}: {error}") from None
+    except (BudgetExceeded, *EVALUATION_ERRORS) as error:
+        raise _failure(expression, error, context) from None
 
 
-def evaluate_text(text: str, environment: Mapping[str, Any], rng: random.Random | None = None,
+def all_hold(conditions: list[Expression], environment: Environment, context: Context) -> bool:
+    """Whether every condition is true, stopping at the first false one: `evaluate` for the
+    sampler's hot loop, one try block for the lot."""
+    condition = None
+    try:
+        for condition in conditions:
+            context.budget.charge(condition.steps)
+            if not condition.function(environment, context):
+                return False
+        return True
+    except TemplateError:
+        raise
+    except (BudgetExceeded, *EVALUATION_ERRORS) as error:
+        raise _failure(condition, error, context) from None  # type: ignore[arg-type]
+
+
+def evaluate_text(text: str, environment: Environment, rng: random.Random | None = None,
                   location: Location | None = None) -> Any:
     """Parse, check and evaluate in one step (for tests and one-off expressions)."""
     location = location or Location("<expression>", 1)

@@ -44,7 +44,7 @@ NOOP_CLAUSES: tuple[str, ...] = (
 )
 
 FEW = ("two", "three", "four", "five", "six", "seven")
-PLURAL_VOCABULARIES = ("fruits", "vegetables", "animals", "baked_goods")
+PLURAL_VOCABULARIES = ("vegetables", "animals", "baked_goods")
 SLOT_PATTERN = re.compile(r"\{(\w+)\}")
 # A sentence ends at . ! or ? followed by space and a capital letter (so 2.5 or $3.50 never split).
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"”']?\s+(?=[A-Z\"“])")
@@ -64,11 +64,22 @@ def _instance_slots(values: dict[str, Any]) -> dict[str, str]:
     return slots
 
 
+def usable_clauses(values: dict[str, Any]) -> list[str]:
+    """The patterns of the bank this instance can fill (those about a person need a name in it...)."""
+    slots = _instance_slots(values)
+    return [pattern for pattern in NOOP_CLAUSES
+            if all(slot in slots or slot not in ("person", "things") for slot in SLOT_PATTERN.findall(pattern))]
+
+
+def clause_fit(values: dict[str, Any]) -> float:
+    """The share of the bank's clauses that fit this instance (1.0: every clause could be used)."""
+    return len(usable_clauses(values)) / len(NOOP_CLAUSES)
+
+
 def noop_clause(values: dict[str, Any], rng: random.Random) -> str:
     """One clause of the bank, its slots filled; only patterns the instance can fill are drawn."""
     slots = _instance_slots(values)
-    usable = [pattern for pattern in NOOP_CLAUSES
-              if all(slot in slots or slot not in ("person", "things") for slot in SLOT_PATTERN.findall(pattern))]
+    usable = usable_clauses(values)
     pattern = rng.choice(usable)
     fill = {
         **slots,

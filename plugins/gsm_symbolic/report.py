@@ -20,6 +20,7 @@ from toolkit.errors import DataError
 from toolkit.evaluation import write_bytes_atomically
 
 ORIGINAL_SET = "original"
+GENERATED_SETS = 5  # sets generated from templates when `sets` is 0
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -35,7 +36,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
             rows.append({key: row[key] for key in ("id", "instance", "question", "answer")}
                         | {key: row.get(key) for key in ("original_question", "original_answer")})
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            int(row["instance"])  # sets are numbered by it
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise DataError(f"{path}:{number}: not a GSM-Symbolic row with id, instance, question and answer "
                             f"({type(error).__name__})") from error
     if not rows:
@@ -51,7 +53,7 @@ def _generated_rows(config: Any, limit: int | None) -> list[dict[str, Any]]:
         # symbolic template's original, with no NoOp clause added.
         base_variant = config.variant if config.variant in ("p1", "p2") else "symbolic"
         original = generate_rows(template, 1, config.instance_seed, original=True, variant=base_variant)[0]
-        for row in generate_rows(template, config.sets, config.instance_seed, variant=config.variant):
+        for row in generate_rows(template, config.sets or GENERATED_SETS, config.instance_seed, variant=config.variant):
             rows.append({**row, "original_question": original["question"], "original_answer": original["answer"]})
     return rows
 
@@ -59,12 +61,16 @@ def _generated_rows(config: Any, limit: int | None) -> list[dict[str, Any]]:
 def load_symbolic_rows(config: Any, limit: int | None) -> list[dict[str, Any]]:
     """Rows `{set, template, question, answer, original_question}`: the original set first, then set by set.
 
-    `limit` keeps the first N templates (so every set holds the same questions).
+    `limit` keeps the first N templates (so every set holds the same questions); `config.sets` the
+    first N sets (instance numbers), all of them when 0.
     """
     if config.data_file:
         rows = _read_rows(Path(config.data_file))
-        template_ids = list(dict.fromkeys(row["id"] for row in rows))[:limit]
-        rows = [row for row in rows if row["id"] in set(template_ids)]
+        template_ids = set(list(dict.fromkeys(row["id"] for row in rows))[:limit])
+        # Apple's files hold every set of a template together: set k is `instance` k.
+        instances = sorted({int(row["instance"]) for row in rows})
+        kept = set(instances[:config.sets] if config.sets else instances)
+        rows = [row for row in rows if row["id"] in template_ids and int(row["instance"]) in kept]
     else:
         rows = _generated_rows(config, limit)
     result = []
@@ -102,6 +108,8 @@ def summarize_symbolic(records: list[dict[str, Any]]) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "accuracy_mean": statistics.fmean(accuracies) if accuracies else None,
         "accuracy_std": statistics.pstdev(accuracies) if accuracies else None,
+        # The paper's other spread figure: the gap between the best and the worst set.
+        "accuracy_range": max(accuracies) - min(accuracies) if accuracies else None,
         "sets": len(per_set),
         "questions_per_set": len(by_template),
         "per_set_accuracy": per_set,

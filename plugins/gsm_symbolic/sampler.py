@@ -1,10 +1,17 @@
-"""Drawing instances from a template: sample `#init`, reject until `#conditions` hold, render.
+"""Drawing instances from a template: sample `#init` until `#conditions` hold, render, check.
+
+Only the `#init` lines the conditions read (directly, or through the domains of lines they read)
+take part in the search; each condition is checked as soon as the lines it reads are bound, so a
+failing draw stops early; the other lines are drawn once the search has succeeded. A short probe
+per template measures how often independent draws meet the conditions: when that is rare, the
+valid draws are listed exactly (`enumeration`) and picked from by their probability, which gives
+the distribution rejection sampling would give, without its misses.
 
 Each instance has its own `random.Random` seeded from (seed, template id, instance number), so an
-instance does not depend on how many others were drawn or in which order. `original=True` puts
-every marked variable at its annotated original value instead, which reproduces the original
-question. Every instance is checked: its conditions hold and the `#### N` of its rendered answer
-equals the `#answer` expression.
+instance does not depend on how many others were drawn. `original=True` puts every marked variable
+at its annotated original value, which reproduces the original question. Every instance is
+checked: its conditions hold and the `####` line of its rendered answer equals `#answer`; a draw
+that fails the check is drawn again, and a template whose draws all fail it is refused.
 """
 
 from __future__ import annotations
@@ -13,244 +20,349 @@ import ast
 import math
 import random
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
-from plugins.gsm_symbolic.errors import Location, TemplateError
-from plugins.gsm_symbolic.expressions import Expression, evaluate
-from plugins.gsm_symbolic.noop import insert_before_question, noop_clause
-from plugins.gsm_symbolic.template import Assignment, Template
+from plugins.gsm_symbolic.binding import bind, numeric_value, store
+from plugins.gsm_symbolic.enumeration import HeldLine, LinePopulations, NotEnumerable, enumerate_solutions
+from plugins.gsm_symbolic.errors import TemplateError
+from plugins.gsm_symbolic.expressions import Budget, Context, FatalTemplateError, all_hold, evaluate, sub_expression
+from plugins.gsm_symbolic.planning import Component, agreement_condition, plan_components
+from plugins.gsm_symbolic.noop import clause_fit, insert_before_question, noop_clause
+from plugins.gsm_symbolic.originals import VARIANTS, check_variant, held_variables, original_bindings, parse_final_answer
+from plugins.gsm_symbolic.rendering import format_value, json_value, render_answer, render_question
+from plugins.gsm_symbolic.template import Template
 from plugins.gsm_symbolic.vocabularies import VOCABULARIES
 
+__all__ = ["DEFAULT_MAX_TRIES", "VARIANTS", "Instance", "SamplerStats", "TemplateSampler", "draw_instance",
+           "format_value", "generate", "generate_rows", "held_variables", "instance_rng", "json_value"]
+
 DEFAULT_MAX_TRIES = 10_000
-SAMPLE_HELPERS = ("sample", "sample_sequential", "shuffle_list")
-# symbolic/p1/p2: every variable sampled (p1/p2 differ only in their template files);
-# names/numbers: only one kind of variable re-sampled; noop: symbolic plus one inert clause.
-VARIANTS = ("symbolic", "names", "numbers", "p1", "p2", "noop")
+PROBE_TRIES = 300  # independent draws that measure a template's acceptance rate
+PROBE_SUCCESSES = 12  # this many valid probe draws (one in 25 or better): rejection sampling is cheap
+AGREEMENT_PROBES = 5  # complete draws checked for `####` == `#answer` before the instances
+INCONSISTENT_LIMIT = 200  # valid draws whose `####` disagrees, none agreeing, before a template is refused
+BASE_BUDGET = 6_000_000  # evaluation steps per template (about a second of work), plus the per-instance share below
+INSTANCE_BUDGET = 50_000
 
 
 @dataclass(frozen=True)
 class Instance:
     values: dict[str, Any]
+    displays: dict[str, str]
     question: str
     answer: str
     gold: Any
 
 
-def format_value(value: Any) -> str:
-    """How a value reads in text: `(display, value)` shows its display, integral numbers no `.0`."""
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
-        return value[0]
-    if isinstance(value, (bool, str)):
-        return str(value)
-    if isinstance(value, Fraction):
-        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-    if isinstance(value, float):
-        if math.isfinite(value) and value == round(value):
-            return str(int(value))
-        return repr(round(value, 10))
-    return str(value)
+@dataclass
+class SamplerStats:
+    """How a template was sampled: `method` rejection or enumeration; `acceptance` the share of
+    independent draws that meet its conditions (measured, or exact when enumerated)."""
+
+    method: str = "rejection"
+    acceptance: float | None = None
+    draws: int = 0  # independent draws made (probe included)
+    valid: int = 0  # of which met every condition
+    solutions: int | None = None  # valid draws listed, when enumerated
+    steps: int = 0  # evaluation budget spent
+    inconsistent: int = 0  # valid draws whose rendered `####` disagreed with `#answer`
+    noop_fit: float | None = None  # noop variant: mean share of the clause bank that fits an instance
 
 
-def json_value(value: Any) -> Any:
-    """`values` field form: numbers as JSON numbers, Fractions as "a/b", tuples as lists."""
-    if isinstance(value, Fraction):
-        return value.numerator if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-    if isinstance(value, (tuple, list, range)):
-        return [json_value(item) for item in value]
-    return value
+def _is_sized_randint(body: ast.expr) -> bool:
+    return (isinstance(body, ast.Call) and ast.unparse(body.func) == "np.random.randint" and len(body.args) == 3
+            and not any(isinstance(node, ast.Call) for argument in body.args for node in ast.walk(argument)))
 
 
-def _numeric(value: Any) -> float | None:
-    if isinstance(value, tuple) and len(value) == 2:
-        value = value[1]
-    if isinstance(value, (int, float, Fraction)) and not isinstance(value, bool):
-        return float(value)
-    return None
+class TemplateSampler:
+    """Draws checked instances of one template for one variant, within one evaluation budget."""
 
+    def __init__(self, template: Template, variant: str = "symbolic", max_tries: int = DEFAULT_MAX_TRIES,
+                 instances: int = 50) -> None:
+        check_variant(variant)
+        self.template = template
+        self.max_tries = max_tries
+        self.keep = held_variables(template, variant)
+        self.budget = Budget(BASE_BUDGET + INSTANCE_BUDGET * instances)
+        self.stats = SamplerStats()
+        self.variables = frozenset(template.variables)
+        self.randint_bounds = {index: sub_expression(line.domain, ast.Tuple(line.domain.tree.body.args[:2], ast.Load()))
+                               for index, line in enumerate(template.assignments)
+                               if len(line.names) == 1 and _is_sized_randint(line.domain.tree.body)}
+        self.base: dict[str, Any] = dict(VOCABULARIES)
+        self.static_populations = {index: population for index in range(len(template.assignments))
+                                   if (population := self._static_population(index)) is not None}
+        self.held: dict[int, tuple[dict[str, Any], dict[str, str]]] = {}
+        self.probed = False
+        self.agreement_required = False
+        self.consistent = 0  # instances whose `####` agreed with `#answer`
+        self.last_error: TemplateError | None = None
+        plan = plan_components(template, sizes=self._line_sizes(), held=self.keep)
+        self.components, self.rest, self.constant_checks = plan.components, plan.rest, plan.constant_checks
+        if self.keep:
+            values, displays, _ = original_bindings(template, self.base, Context(random.Random(0), self.budget),
+                                                    strict=True, only=self.keep)
+            for index, line in enumerate(template.assignments):
+                if any(name in self.keep for name in line.names):
+                    self.held[index] = ({name: values[name] for name in line.names},
+                                        {name: displays[name] for name in line.names if name in displays})
 
-def _bind(assignment: Assignment, value: Any, values: dict[str, Any], rng: random.Random) -> None:
-    """A domain that evaluates to a list or range is sampled from; a single value is used as is."""
-    location = assignment.domain.location
-    if len(assignment.names) == 1:
-        if isinstance(value, (list, range)):
-            if len(value) == 0:
-                raise location.error(f"domain {assignment.domain.text!r} is empty")
-            value = rng.choice(value)
-        values[assignment.names[0]] = value
-        return
-    count = len(assignment.names)
-    if isinstance(value, (list, tuple)) and len(value) == count:
-        items = list(value)
-    elif isinstance(value, (list, range)) and len(value) > count:
-        items = rng.sample(list(value) if isinstance(value, list) else value, count)
-    else:
-        raise location.error(f"cannot assign {count} variables from {assignment.domain.text!r}")
-    values.update(zip(assignment.names, items))
+    def _line_sizes(self) -> dict[int, int]:
+        return {index: len(population) for index, population in self.static_populations.items()}
 
+    def _static_population(self, index: int) -> Any:
+        """What a one-name line picks from, when its domain reads no variable (else None)."""
+        line = self.template.assignments[index]
+        if len(line.names) != 1 or line.domain.names & self.variables:
+            return None
+        try:
+            populations = LinePopulations(line)
+        except NotEnumerable:
+            return None
+        context = Context(random.Random(0), self.budget)
+        try:
+            if populations.kind == "value":
+                value = evaluate(line.domain, self.base, context)
+            elif populations.kind == "sample" and populations.size is None and populations.population is not None:
+                value = evaluate(populations.population, self.base, context)
+            else:
+                return None
+        except FatalTemplateError:
+            raise
+        except TemplateError:
+            return None  # let the draws report it, where it is
+        return value if isinstance(value, (list, range, tuple)) and len(value) > 0 else None
 
-def _population(domain: Expression, values: dict[str, Any], rng: random.Random) -> Any:
-    """What a domain samples from, for looking up a `(display, value)` original by its display."""
-    call = domain.tree.body
-    if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in SAMPLE_HELPERS and call.args:
-        inner = Expression(ast.unparse(call.args[0]), ast.Expression(call.args[0]), domain.location, domain.names)
-        return evaluate(inner, {**VOCABULARIES, **values}, rng)
-    return evaluate(domain, {**VOCABULARIES, **values}, rng)
+    # ---- one draw ----
 
+    def _bind_line(self, index: int, environment: dict[str, Any], displays: dict[str, str], context: Context) -> None:
+        if index in self.held:
+            values, shown = self.held[index]
+            environment.update(values)
+            displays.update(shown)
+            return
+        assignment = self.template.assignments[index]
+        population = self.static_populations.get(index)
+        if population is not None:
+            # The domain reads no variable: its population was built once; one pick from it is the
+            # same draw as evaluating the domain again (a shuffle included).
+            context.budget.charge(1)
+            store(assignment.names[0], assignment.numeric[0], context.rng.choice(population), environment, displays)
+            return
+        bounds = self.randint_bounds.get(index)
+        if bounds is not None:
+            # `x = np.random.randint(low, high, size)` picks one of `size` uniform draws: one draw.
+            low, high = evaluate(bounds, environment, context)
+            store(assignment.names[0], assignment.numeric[0], context.rng.randrange(low, high), environment, displays)
+            return
+        bind(assignment, evaluate(assignment.domain, environment, context), environment, displays, context.rng)
 
-def _parse_number(text: str, location: Location, name: str) -> Any:
-    cleaned = text.replace(",", "").replace("_", "").strip()
-    try:
-        if "/" in cleaned:
-            return Fraction(cleaned)
-        return int(cleaned)
-    except ValueError:
-        pass
-    try:
-        return float(cleaned)
-    except ValueError:
-        raise location.error(f"original value {text!r} of numeric variable {name!r} is not a number") from None
-
-
-def _original_value(assignment: Assignment, name: str, numeric: bool, original: str,
-                    values: dict[str, Any], rng: random.Random) -> Any:
-    location = assignment.domain.location
-    if numeric:
-        return _parse_number(original, location, name)
-    try:
-        population = _population(assignment.domain, values, rng)
-    except TemplateError:
-        population = None
-    if isinstance(population, (list, tuple)):
-        for item in population:
-            if isinstance(item, tuple) and len(item) == 2 and item[0] == original:
-                return item
-    return original
-
-
-def _draw_values(template: Template, rng: random.Random, original: bool,
-                 keep: frozenset[str] | None = None) -> dict[str, Any]:
-    """Sample every variable; those in `keep` (all of them when `original`) take their originals."""
-    values: dict[str, Any] = {}
-    originals = template.originals()
-    for assignment in template.assignments:
-        held = original or (keep is not None and any(name in keep for name in assignment.names))
-        if held and all(name in originals for name in assignment.names):
-            for name, numeric in zip(assignment.names, assignment.numeric):
-                values[name] = _original_value(assignment, name, numeric, originals[name], values, rng)
-            continue
-        domain_value = evaluate(assignment.domain, {**VOCABULARIES, **values}, rng)
-        _bind(assignment, domain_value, values, rng)
-    return values
-
-
-def _conditions_hold(template: Template, values: dict[str, Any], rng: random.Random) -> bool:
-    environment = {**VOCABULARIES, **values}
-    return all(bool(evaluate(condition, environment, rng)) for condition in template.conditions)
-
-
-def render_question(template: Template, values: dict[str, Any], original: bool = False,
-                    keep: frozenset[str] = frozenset()) -> str:
-    """The question text with every mark replaced (by its original text when `original`, or when
-    the variable is in `keep`, i.e. held at its original value)."""
-    originals = template.originals()
-    pieces, position = [], 0
-    for mark in template.marks:
-        pieces.append(template.text[position:mark.span[0]])
-        use_original = (original or mark.name in keep) and mark.name in originals
-        pieces.append(originals[mark.name] if use_original else format_value(values[mark.name]))
-        position = mark.span[1]
-    pieces.append(template.text[position:])
-    return "".join(pieces).strip()
-
-
-def render_answer(template: Template, values: dict[str, Any], rng: random.Random) -> str:
-    environment = {**VOCABULARIES, **values}
-    pieces = []
-    for part in template.answer_parts:
-        pieces.append(part.literal)
-        if part.expression is not None:
-            pieces.append(format_value(evaluate(part.expression, environment, rng)))
-    return "".join(pieces).strip()
-
-
-def _is_name_like(template: Template, assignment: Assignment) -> bool:
-    """A `#init` line of non-numeric variables whose original values are plain text (names, items,
-    cities...). `(display, value)` tuples such as `fractions` or `multi_times` carry a number, so
-    they count as numeric here even without `$`."""
-    if any(assignment.numeric):
-        return False
-    originals = template.originals()
-    if not all(name in originals for name in assignment.names):
-        return False
-    probe = random.Random(0)
-    try:
-        population = _population(assignment.domain, {}, probe)
-    except TemplateError:
-        population = None  # the domain reads earlier variables; decide on the original text alone
-    for name in assignment.names:
-        value = originals[name]
-        if isinstance(population, (list, tuple)):
-            for item in population:
-                if isinstance(item, tuple) and len(item) == 2 and item[0] == value:
-                    return False
-        if _numeric(_parse_or_text(value)) is not None:
+    def _conditions_hold(self, conditions: list, environment: dict[str, Any], context: Context) -> bool:
+        try:
+            return all_hold(conditions, environment, context)
+        except FatalTemplateError:
+            raise
+        except TemplateError as error:  # e.g. a division by zero for this draw only: reject the draw
+            self.last_error = error
             return False
-    return True
 
+    def _draw_component(self, component: Component, environment: dict[str, Any], displays: dict[str, str],
+                        context: Context, start: int = 0) -> bool:
+        """Bind one component's lines from `start` on, in its order, stopping at the first failed condition."""
+        component.draws += 1
+        for index, checks in zip(component.lines[start:], component.checks[start:]):
+            self._bind_line(index, environment, displays, context)
+            if not self._conditions_hold(checks, environment, context):
+                return False
+        component.valid += 1
+        return True
 
-def _parse_or_text(text: str) -> Any:
-    try:
-        return _parse_number(text, Location("-"), "-")
-    except TemplateError:
-        return text
+    def _bind_component(self, component: Component, environment: dict[str, Any], displays: dict[str, str],
+                        context: Context) -> None:
+        """A valid binding of one component: its listed lines picked by weight from their valid
+        bindings (all of them, or a prefix), the rest drawn by rejection."""
+        solutions = component.solutions
+        for _ in range(self.max_tries):
+            start = 0
+            if solutions is not None:
+                for index, items in zip(component.lines, solutions.pick(context.rng)):
+                    line = self.template.assignments[index]
+                    for name, numeric, item in zip(line.names, line.numeric, items):
+                        store(name, numeric, item, environment, displays)
+                start = solutions.depth
+                if start == len(component.lines):
+                    return
+            if self._draw_component(component, environment, displays, context, start):
+                return
+        raise self._unmet(f"no draw in {self.max_tries} tries did satisfy #conditions")
 
+    # ---- choosing the method ----
 
-def held_variables(template: Template, variant: str) -> frozenset[str]:
-    """The variables a variant keeps at their annotated originals (the rest are re-sampled).
+    def _probe(self) -> None:
+        """Measure each component's acceptance rate; list its valid draws when that is too low."""
+        self.probed = True
+        constant_context = Context(random.Random(0), self.budget)
+        for condition in self.constant_checks:  # errors here are the template's, not a draw's
+            if not evaluate(condition, dict(self.base), constant_context):
+                raise TemplateError(f"{self.template.path}: conditions cannot be met ({condition.text!r} never holds)")
+        for number, component in enumerate(self.components):
+            self._probe_component(component, Context(random.Random(
+                f"gsm-symbolic-probe:{self.template.id_shuffled}:{number}"), self.budget))
+        if not self.agreement_required and not self._some_draws_agree():
+            # Every probe draw's `####` disagrees with `#answer`: search for the draws where they
+            # agree instead (found by listing when there are any; refused when there are none).
+            self.agreement_required = True
+            plan = plan_components(self.template, (agreement_condition(self.template),), self._line_sizes(), self.keep)
+            self.components, self.rest, self.constant_checks = plan.components, plan.rest, plan.constant_checks
+            self._probe()
+            return
+        listed = [component for component in self.components if component.solutions is not None]
+        if listed:
+            complete = all(component.solutions.depth == len(component.lines) for component in listed)
+            self.stats.method = "enumeration" if complete else "enumeration+rejection"
+            self.stats.solutions = sum(len(component.solutions.bindings) for component in self.components
+                                       if component.solutions is not None)
 
-    `names` re-samples only the name-like variables (see `_is_name_like`), so every number stays at
-    its original; `numbers` re-samples only the `$` numeric variables; every other variant
-    re-samples everything. A variable with no annotated original is always sampled.
-    """
-    check_variant(variant)
-    held: set[str] = set()
-    for assignment in template.assignments:
-        names_keeps = variant == "names" and not _is_name_like(template, assignment)
-        numbers_keeps = variant == "numbers" and not any(assignment.numeric)
-        if names_keeps or numbers_keeps:
-            held.update(assignment.names)
-    return frozenset(held)
+    def _some_draws_agree(self) -> bool:
+        """Whether any of a few complete probe draws renders a `####` equal to `#answer`."""
+        context = Context(random.Random(f"gsm-symbolic-agreement:{self.template.id_shuffled}"), self.budget)
+        for _ in range(AGREEMENT_PROBES):
+            environment, displays = dict(self.base), {}
+            try:
+                for component in self.components:
+                    self._bind_component(component, environment, displays, context)
+            except FatalTemplateError:
+                raise
+            except TemplateError:
+                return True  # conditions too rare to tell here: leave it to the draws themselves
+            for index in self.rest:
+                self._bind_line(index, environment, displays, context)
+            inconsistent = self.stats.inconsistent
+            agrees = self._finish(environment, displays, context) is not None
+            self.stats.inconsistent = inconsistent  # probe draws are not counted
+            if agrees:
+                return True
+        return False
 
+    def _probe_component(self, component: Component, context: Context) -> None:
+        environment, displays = dict(self.base), {}
+        for _ in range(PROBE_TRIES):
+            if self._draw_component(component, environment, displays, context) and component.valid >= PROBE_SUCCESSES:
+                break
+        if component.valid >= PROBE_SUCCESSES:
+            return
+        try:
+            lines = [HeldLine(self.held[index]) if index in self.held else LinePopulations(self.template.assignments[index])
+                     for index in component.lines]
 
-def check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise TemplateError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+            targets = [tuple(zip(self.template.assignments[index].names, self.template.assignments[index].numeric))
+                       for index in component.lines]
 
+            def bind(place: int, item: tuple[Any, ...], scope: dict[str, Any]) -> None:
+                for (name, numeric), value in zip(targets[place], item):
+                    if type(value) is tuple:
+                        store(name, numeric, value, scope, {})
+                    else:
+                        scope[name] = value
+            solutions = enumerate_solutions(lines, bind, component.checks, dict(self.base), context, self.variables)
+        except NotEnumerable:
+            return  # stay with rejection sampling; the budget bounds how long it may try
+        except FatalTemplateError:
+            raise
+        except TemplateError as error:
+            self.last_error = error
+            return
+        if not solutions.bindings:
+            if self.agreement_required:
+                raise TemplateError(f"{self.template.path}: #answer contradicts the worked answer's '####' line "
+                                    f"for every possible draw (all were listed; the file is inconsistent)")
+            raise self._unmet("no possible draw satisfies #conditions (all were listed)")
+        component.solutions = solutions
+        component.draws = component.valid = 0  # from now on: draws of the lines not listed
 
-def draw_instance(template: Template, rng: random.Random, original: bool = False,
-                  max_tries: int = DEFAULT_MAX_TRIES, variant: str = "symbolic") -> Instance:
-    """Sample until the conditions hold (at most `max_tries` draws), render and check the answer.
+    def finish_stats(self) -> SamplerStats:
+        """The statistics so far: acceptance is the product over components of the probability
+        that an independent draw meets their conditions (exact for listed lines, measured otherwise)."""
+        acceptance = 1.0
+        for component in self.components:
+            listed = component.solutions.acceptance if component.solutions is not None else 1.0
+            measured = component.valid / component.draws if component.draws else 1.0
+            acceptance *= listed * measured
+        self.stats.acceptance = acceptance
+        self.stats.draws = sum(component.draws for component in self.components)
+        self.stats.valid = sum(component.valid for component in self.components)
+        self.stats.steps = self.budget.spent
+        return self.stats
 
-    `variant` "names" or "numbers" holds the other kind of variable at its original value (see
-    `held_variables`); the inserted clause of "noop" is added by `generate_rows`.
-    """
-    keep = held_variables(template, variant)
-    tries = 1 if original else max_tries
-    for _ in range(tries):
-        values = _draw_values(template, rng, original, keep)
-        if _conditions_hold(template, values, rng):
-            break
-    else:
-        what = "the original values do not" if original else f"no draw in {max_tries} tries did"
-        raise TemplateError(f"{template.path}: conditions cannot be met ({what} satisfy #conditions)")
-    environment = {**VOCABULARIES, **values}
-    gold = evaluate(template.gold, environment, rng)
-    final = evaluate(template.final_answer, environment, rng)
-    if _numeric(gold) is None or _numeric(final) is None or not math.isclose(_numeric(gold), _numeric(final), rel_tol=1e-9, abs_tol=1e-9):
-        raise TemplateError(f"{template.path}: the answer's '#### {format_value(final)}' does not equal #answer {format_value(gold)} for values {values}")
-    question = render_question(template, values, original, keep)
-    return Instance(values, question, render_answer(template, values, rng), gold)
+    def _unmet(self, what: str) -> TemplateError:
+        detail = f"; last error: {self.last_error}" if self.last_error else ""
+        if self.agreement_required:
+            what += ", counting only draws whose '####' agrees with #answer: none of the probe draws did, so the file is likely inconsistent"
+        return TemplateError(f"{self.template.path}: conditions cannot be met ({what}){detail}")
+
+    # ---- instances ----
+
+    def draw(self, rng: random.Random) -> Instance:
+        """One checked instance drawn with `rng`."""
+        if not self.probed:
+            self._probe()
+        context = Context(rng, self.budget)
+        tried_valid = 0
+        for _ in range(self.max_tries):
+            environment, displays = dict(self.base), {}
+            for component in self.components:
+                self._bind_component(component, environment, displays, context)
+            tried_valid += 1
+            for index in self.rest:
+                self._bind_line(index, environment, displays, context)
+            instance = self._finish(environment, displays, context)
+            if instance is not None:
+                self.consistent += 1
+                return instance
+            if not self.consistent and self.stats.inconsistent >= INCONSISTENT_LIMIT:
+                break  # no draw so far has agreed: the file contradicts itself, no need for more
+        if tried_valid:
+            raise TemplateError(f"{self.template.path}: the worked answer's '####' line disagrees with #answer "
+                                f"for every one of {self.stats.inconsistent} valid draws (the file is inconsistent)"
+                                + (f"; last: {self.last_error}" if self.last_error else ""))
+        raise self._unmet(f"no draw in {self.max_tries} tries did satisfy #conditions")
+
+    def _finish(self, environment: dict[str, Any], displays: dict[str, str], context: Context) -> Instance | None:
+        template = self.template
+        try:
+            gold = evaluate(template.gold, environment, context)
+            final = evaluate(template.final_answer, environment, context)
+            texts = [format_value(evaluate(part.expression, environment, context))
+                     for part in template.answer_parts if part.expression is not None]
+        except FatalTemplateError:
+            raise
+        except TemplateError as error:
+            self.last_error = error
+            self.stats.inconsistent += 1
+            return None
+        gold_number, final_number = numeric_value(gold), numeric_value(final)
+        if gold_number is None or final_number is None or not math.isclose(gold_number, final_number, rel_tol=1e-9, abs_tol=1e-9):
+            self.last_error = TemplateError(f"#### {format_value(final)} but #answer {format_value(gold)}")
+            self.stats.inconsistent += 1
+            return None
+        values = {name: environment[name] for name in template.variables}
+        question = render_question(template, values, displays, keep=self.keep)
+        return Instance(values, dict(displays), question, render_answer(template, texts), gold)
+
+    def draw_original(self, rng: random.Random) -> Instance:
+        """Every marked variable at its original; the answer rendered when the originals make a
+        consistent one, else the original answer as written (conditions are not required)."""
+        template = self.template
+        context = Context(rng, self.budget)
+        values, displays, complete = original_bindings(template, self.base, context, strict=False)
+        environment = dict(self.base) | values
+        instance = self._finish(environment, displays, context) if complete else None
+        question = render_question(template, {name: environment.get(name) for name in template.variables},
+                                   displays, original=True)
+        if instance is not None:
+            return Instance(instance.values, instance.displays, question, instance.answer, instance.gold)
+        return Instance({name: environment.get(name) for name in template.variables}, displays, question,
+                        template.answer.strip(), parse_final_answer(template))
 
 
 def instance_rng(seed: int, template: Template, instance: int) -> random.Random:
@@ -258,22 +370,32 @@ def instance_rng(seed: int, template: Template, instance: int) -> random.Random:
     return random.Random(f"gsm-symbolic:{seed}:{template.id_shuffled}:{instance}")
 
 
-def generate_rows(template: Template, instances: int, seed: int, original: bool = False,
-                  variant: str = "symbolic", max_tries: int = DEFAULT_MAX_TRIES) -> list[dict[str, Any]]:
-    """Rows in the official generated-data format plus `variant` and `values`.
+def draw_instance(template: Template, rng: random.Random, original: bool = False,
+                  max_tries: int = DEFAULT_MAX_TRIES, variant: str = "symbolic") -> Instance:
+    """One instance (see `TemplateSampler`); the inserted clause of "noop" is added by `generate`."""
+    sampler = TemplateSampler(template, variant, max_tries, instances=1)
+    return sampler.draw_original(rng) if original else sampler.draw(rng)
+
+
+def generate(template: Template, instances: int, seed: int, original: bool = False, variant: str = "symbolic",
+             max_tries: int = DEFAULT_MAX_TRIES) -> tuple[list[dict[str, Any]], SamplerStats]:
+    """Rows in the official generated-data format plus `variant` and `values`, and how they were drawn.
 
     `variant` picks what is re-sampled (see `held_variables`); "noop" rows hold the symbolic
     instance with one inconsequential clause inserted before the question sentence (also given
     as `noop_clause`), drawn from its own random stream so the instance itself is unchanged.
     """
-    check_variant(variant)
+    sampler = TemplateSampler(template, variant, max_tries, instances)
     rows = []
+    fits: list[float] = []
     for number in range(instances):
-        drawn = draw_instance(template, instance_rng(seed, template, number), original, max_tries, variant)
+        rng = instance_rng(seed, template, number)
+        drawn = sampler.draw_original(rng) if original else sampler.draw(rng)
         question, extra = drawn.question, {}
         if variant == "noop":
             noop_rng = random.Random(f"gsm-symbolic-noop:{seed}:{template.id_shuffled}:{number}")
             clause = noop_clause(drawn.values, noop_rng)
+            fits.append(clause_fit(drawn.values))
             question = insert_before_question(question, clause)
             extra = {"noop_clause": clause}
         rows.append({
@@ -288,4 +410,13 @@ def generate_rows(template: Template, instances: int, seed: int, original: bool 
             "values": {name: json_value(value) for name, value in drawn.values.items()},
             **extra,
         })
-    return rows
+    stats = sampler.finish_stats()
+    if fits:
+        stats.noop_fit = sum(fits) / len(fits)
+    return rows, stats
+
+
+def generate_rows(template: Template, instances: int, seed: int, original: bool = False,
+                  variant: str = "symbolic", max_tries: int = DEFAULT_MAX_TRIES) -> list[dict[str, Any]]:
+    """The rows of `generate`, without the sampling statistics."""
+    return generate(template, instances, seed, original, variant, max_tries)[0]

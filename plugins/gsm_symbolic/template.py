@@ -28,7 +28,11 @@ from plugins.gsm_symbolic.expressions import Expression, parse_expression
 from plugins.gsm_symbolic.vocabularies import VOCABULARIES
 
 REQUIRED_FIELDS = ("question", "answer", "id_orig", "id_shuffled", "question_annotated", "answer_annotated")
-SECTION_PATTERN = re.compile(r"^\s*#(init|conditions|answer)\s*:\s*(.*)$")
+# `#answer: expr` is the documented form; some official files write `#answer = expr`.
+SECTION_PATTERN = re.compile(r"^\s*#(init|conditions|answer)\s*(?::|=(?!=))\s*(.*)$")
+MAX_TEMPLATE_BYTES = 1_000_000  # the official files are under 6 KB
+MAX_LINE_LENGTH = 4_000  # the official files' longest line is under 1,000 characters
+MAX_SECTION_LINES = 500  # #init and #conditions lines together; the official files stay under 30
 ASSIGNMENT_PATTERN = re.compile(r"^\s*-\s*(?P<targets>[$\w\s,]+?)\s*=(?!=)\s*(?P<domain>.+?)\s*$")
 CONDITION_PATTERN = re.compile(r"^\s*-\s*(?P<condition>.+?)\s*$")
 PLACEHOLDER_PATTERN = re.compile(r"\{([^{}]*)\}")
@@ -77,6 +81,12 @@ class Template:
     gold: Expression
     answer_parts: tuple[AnswerPart, ...]
     final_answer: Expression  # the `#### {expression}` of answer_annotated
+
+    @property
+    def numeric_names(self) -> frozenset[str]:
+        """The `$` variables: numbers, shown as numbers (or as the text of a `(text, value)` pair)."""
+        return frozenset(name for assignment in self.assignments
+                         for name, numeric in zip(assignment.names, assignment.numeric) if numeric)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -147,6 +157,13 @@ def _split_sections(annotated: str, path: str) -> tuple[str, dict[str, list[tupl
     return "\n".join(text_lines).rstrip(), sections
 
 
+def _check_lines(text: str, path: str, field: str) -> None:
+    """Refuse a line too long to be a word problem's before any parsing is spent on it."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if len(line) > MAX_LINE_LENGTH:
+            raise Location(path, number, field).error(f"line of {len(line):,} characters (limit {MAX_LINE_LENGTH:,})")
+
+
 def _check_names(expression: Expression, known: set[str], what: str) -> None:
     for name in sorted(expression.names - known):
         raise expression.location.error(f"unknown {what} {name!r} in {expression.text!r}")
@@ -181,7 +198,13 @@ def parse_template(data: object, path: str) -> Template:
     for name in ("question", "answer", "question_annotated", "answer_annotated"):
         if not isinstance(data[name], str):
             raise TemplateError(f"{path}: field {name!r} must be a string")
+    for name in ("question_annotated", "answer_annotated"):
+        _check_lines(data[name], path, name)
     text, sections = _split_sections(data["question_annotated"], path)
+    section_lines = len(sections.get("init", [])) + len(sections.get("conditions", []))
+    if section_lines > MAX_SECTION_LINES:
+        raise Location(path, None, "question_annotated").error(
+            f"{section_lines} #init and #conditions lines (limit {MAX_SECTION_LINES})")
     marks = _parse_marks(text, path)
 
     assignments: list[Assignment] = []
@@ -198,7 +221,14 @@ def parse_template(data: object, path: str) -> Template:
         _check_names(domain, vocabulary | declared, "vocabulary")
         duplicated = declared.intersection(names)
         if duplicated:
-            raise location.error(f"variable {min(duplicated)!r} is assigned twice")
+            # A later line replaces an earlier one (as running the lines in order would), provided
+            # the earlier line binds nothing else and nothing read it in between.
+            earlier = [index for index, previous in enumerate(assignments) if set(previous.names) & duplicated]
+            readers = [later for later in assignments[earlier[0] + 1:] if later.domain.names & duplicated]
+            if len(earlier) != 1 or set(assignments[earlier[0]].names) != duplicated or readers or domain.names & duplicated:
+                raise location.error(f"variable {min(duplicated)!r} is assigned twice")
+            del assignments[earlier[0]]
+            declared -= duplicated
         declared.update(names)
         assignments.append(Assignment(names, numeric, domain))
 
@@ -217,7 +247,10 @@ def parse_template(data: object, path: str) -> Template:
     if len(answer_lines) != 1:
         raise Location(path, answer_lines[0][0] if answer_lines else None, "question_annotated").error(
             "#answer must hold exactly one expression")
-    gold = parse_expression(answer_lines[0][1], Location(path, answer_lines[0][0], "question_annotated"))
+    gold_text = answer_lines[0][1].strip()
+    if gold_text.startswith("{") and gold_text.endswith("}"):
+        gold_text = gold_text[1:-1]  # `#answer: {expression}`, as some official files write it
+    gold = parse_expression(gold_text, Location(path, answer_lines[0][0], "question_annotated"))
     _check_names(gold, known, "variable")
 
     for mark in marks:
@@ -239,6 +272,8 @@ def parse_template(data: object, path: str) -> Template:
 def load_template(path: str | Path) -> Template:
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_TEMPLATE_BYTES:
+            raise TemplateError(f"{path}: template file of {path.stat().st_size:,} bytes (limit {MAX_TEMPLATE_BYTES:,})")
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise TemplateError(f"{path}: line {error.lineno}: malformed JSON: {error.msg}") from None
@@ -256,9 +291,9 @@ def builtin_templates_dir() -> Path:
 TEMPLATE_FOLDERS = {"names": "symbolic", "numbers": "symbolic", "noop": "symbolic"}
 
 
-def load_templates(directory: str | Path | None = None, variant: str = "symbolic") -> list[Template]:
-    """All `DIR/<folder>/*.json` templates (the official layout), sorted by file name; the folder
-    is the variant's name, except that names/numbers/noop read `DIR/symbolic/`."""
+def template_paths(directory: str | Path | None = None, variant: str = "symbolic") -> list[Path]:
+    """The `DIR/<folder>/*.json` files (the official layout), sorted by file name; the folder is
+    the variant's name, except that names/numbers/noop read `DIR/symbolic/`."""
     root = Path(directory) if directory is not None else builtin_templates_dir()
     folder = root / TEMPLATE_FOLDERS.get(variant, variant)
     if not folder.is_dir():
@@ -266,4 +301,9 @@ def load_templates(directory: str | Path | None = None, variant: str = "symbolic
     paths = sorted(folder.glob("*.json"))
     if not paths:
         raise TemplateError(f"{folder}: holds no *.json templates")
-    return [load_template(path) for path in paths]
+    return paths
+
+
+def load_templates(directory: str | Path | None = None, variant: str = "symbolic") -> list[Template]:
+    """Every template of `template_paths`, loaded (the first bad one raises)."""
+    return [load_template(path) for path in template_paths(directory, variant)]

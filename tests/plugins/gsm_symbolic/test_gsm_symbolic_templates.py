@@ -116,7 +116,9 @@ def test_unsatisfiable_conditions_name_the_template(tmp_path):
 
 def test_answer_mismatch_is_refused(tmp_path):
     template = load_template(write(tmp_path, {**SMALL, "answer_annotated": "#### {a - b}"}))
-    with pytest.raises(TemplateError, match="does not equal #answer"):
+    # `#### a - b` never equals `#answer: a + b` (b >= 1): every possible draw is listed and refused.
+    with pytest.raises(TemplateError, match=r"0000\.json: #answer contradicts the worked answer's '####' line "
+                                            r"for every possible draw"):
         draw_instance(template, instance_rng(0, template, 0))
 
 
