@@ -5,7 +5,11 @@ Registers
     dataset `prompt_response`  prompt/response JSONL, response-only labels, packing without
                                cross-example attention (plugins.rlhf.sft_data)
     task    `sft`              response-only cross-entropy of a `policy` model (plugins.rlhf.sft)
-    recipes under `rlhf/`      two SFT runs of one base differing only in seed (data order)
+    reward  `math_answer`      the exact final number of a math word problem (plugins.rlhf.rewards)
+    model   `reward_openelm`, dataset `preference_pairs`, task and reward `reward_model`: a learned
+                               reward, Bradley-Terry on preference pairs (plugins.rlhf.reward_model)
+    recipes under `rlhf/`      two SFT runs of one base differing only in seed (data order), and a
+                               reward model
 
 and provides `toolkit-soup` (weight averages of runs, an alpha sweep: plugins.rlhf.soup_cli) and
 `python -m plugins.rlhf.gsm_data` (SFT data from the GSM-Symbolic templates, held-out templates
@@ -16,6 +20,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from plugins.rlhf.reward_model import (
+    LearnedRewardConfig,
+    PreferencePairsConfig,
+    RewardModelConfig,
+    RewardModelTaskConfig,
+    build_learned_reward,
+    build_preference_pairs,
+    build_reward_model,
+    build_reward_model_task,
+)
+from plugins.rlhf.rewards import MathAnswerConfig, build_math_answer
 from plugins.rlhf.sft import SFTConfig, build_sft
 from plugins.rlhf.sft_data import PromptResponseConfig, build_prompt_response
 from toolkit import hookimpl
@@ -24,13 +39,26 @@ RECIPES_DIR = Path(__file__).resolve().with_name("recipes")  # shipped as packag
 
 
 @hookimpl
+def register_models(register):
+    register("reward_openelm", build_reward_model, config=RewardModelConfig)
+
+
+@hookimpl
 def register_datasets(register):
     register("prompt_response", build_prompt_response, config=PromptResponseConfig)
+    register("preference_pairs", build_preference_pairs, config=PreferencePairsConfig)
 
 
 @hookimpl
 def register_tasks(register):
     register("sft", build_sft, config=SFTConfig)
+    register("reward_model", build_reward_model_task, config=RewardModelTaskConfig)
+
+
+@hookimpl
+def register_rewards(register):
+    register("math_answer", build_math_answer, config=MathAnswerConfig)
+    register("reward_model", build_learned_reward, config=LearnedRewardConfig)
 
 
 @hookimpl

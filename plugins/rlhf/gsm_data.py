@@ -6,6 +6,9 @@ Writes into --out:
     train.jsonl    --instances instances of every train template
     val.jsonl      --val-instances further instances of the train templates (another seed)
     heldout.jsonl  --heldout-instances instances of the held-out templates, never trained on
+    pairs_train.jsonl, pairs_val.jsonl
+                   preference pairs of the train and val rows for a reward model: `chosen` is the
+                   worked solution, `rejected` the same solution ending in a wrong final number
     split.json     which template ids went where, and the options used
 
 Rows keep the generator's official fields (so `toolkit-eval gsm_symbolic data_file=heldout.jsonl`
@@ -30,7 +33,7 @@ from toolkit.cli.common import run_cli
 from toolkit.errors import DataError
 from toolkit.files import atomic_write_text
 
-OUTPUT_FILES = ("train.jsonl", "val.jsonl", "heldout.jsonl", "split.json")
+OUTPUT_FILES = ("train.jsonl", "val.jsonl", "heldout.jsonl", "pairs_train.jsonl", "pairs_val.jsonl", "split.json")
 VAL_SEED_OFFSET = 1_000_003  # val instances come from another seed than the train instances
 
 
@@ -38,6 +41,17 @@ def with_prompt_and_response(row: dict[str, Any]) -> dict[str, Any]:
     reasoning, final = split_solution(row["answer"])
     response = f"{reasoning} The final answer is {final}." if reasoning else f"The final answer is {final}."
     return {**row, "prompt": row["question"], "response": response, "reference": final}
+
+
+def preference_pair(row: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The row's solution (chosen) against the same solution with a wrong final number (rejected)."""
+    rng = random.Random(f"rlhf-pairs:{seed}:{row['id']}:{row['instance']}")
+    final = float(row["reference"].replace(",", ""))
+    wrong = final + rng.choice([-1, 1]) * rng.randint(1, 9)
+    shown = str(int(wrong)) if wrong == int(wrong) else str(wrong)
+    head, marker, _ = row["response"].rpartition("The final answer is")
+    return {"prompt": row["prompt"], "chosen": row["response"], "rejected": f"{head}{marker} {shown}.",
+            "reference": row["reference"]}
 
 
 def split_templates(templates: list[Template], heldout: int, seed: int) -> tuple[list[Template], list[Template]]:
@@ -80,10 +94,14 @@ def run(argv: list[str]) -> int:
     if existing and not arguments.overwrite:
         raise DataError(f"{arguments.out}: already holds {', '.join(existing)}", hint="pass --overwrite")
     train, heldout = split_templates(load_templates(arguments.templates), arguments.heldout, arguments.seed)
+    train_rows = build_rows(train, arguments.instances, arguments.seed)
+    val_rows = build_rows(train, arguments.val_instances, arguments.seed + VAL_SEED_OFFSET)
     contents = {
-        "train.jsonl": jsonl(build_rows(train, arguments.instances, arguments.seed)),
-        "val.jsonl": jsonl(build_rows(train, arguments.val_instances, arguments.seed + VAL_SEED_OFFSET)),
+        "train.jsonl": jsonl(train_rows),
+        "val.jsonl": jsonl(val_rows),
         "heldout.jsonl": jsonl(build_rows(heldout, arguments.heldout_instances, arguments.seed)),
+        "pairs_train.jsonl": jsonl([preference_pair(row, arguments.seed) for row in train_rows]),
+        "pairs_val.jsonl": jsonl([preference_pair(row, arguments.seed) for row in val_rows]),
         "split.json": json.dumps({"train_templates": [t.id_shuffled for t in train],
                                   "heldout_templates": [t.id_shuffled for t in heldout],
                                   **{key: value for key, value in vars(arguments).items() if key != "out"}},

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from plugins.lm.packing import IGNORE_INDEX
 from plugins.lm.tokenizer import Tokenizer, load_tokenizer
 from plugins.rlhf.chat import ChatTemplate, chat_template
 from plugins.rlhf.packed import PADDING_DOCUMENT
+from plugins.rlhf.rows import RowsTrain, RowsValidation
 from toolkit.data import ShardInfo
-from toolkit.data.order import OrderedTrainSource, OrderedValidationSource, ValidationOrder, training_order
 from toolkit.errors import DataError
 
 
@@ -62,13 +61,13 @@ class Example:
     labels: list[int]
 
 
-def read_pairs(path: Path, prompt_field: str, response_field: str) -> list[tuple[int, str, str]]:
-    """(line number, prompt, response) of every non-empty line; one clear error per bad line."""
+def read_fields(path: Path, fields: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+    """(line number, the string values of `fields`) of every non-empty line; one clear error per bad line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: unreadable ({error})".splitlines()[0]) from error
-    pairs = []
+    found = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -76,14 +75,13 @@ def read_pairs(path: Path, prompt_field: str, response_field: str) -> list[tuple
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{number}: not JSON ({error.msg})") from error
-        if not isinstance(row, dict) or not isinstance(row.get(prompt_field), str) or not isinstance(
-                row.get(response_field), str):
+        if not isinstance(row, dict) or not all(isinstance(row.get(field), str) for field in fields):
             raise DataError(f"{path}:{number}: expected an object with string fields "
-                            f"'{prompt_field}' and '{response_field}'")
-        pairs.append((number, row[prompt_field], row[response_field]))
-    if not pairs:
-        raise DataError(f"{path}: holds no prompt/response pairs")
-    return pairs
+                            + ", ".join(f"'{field}'" for field in fields))
+        found.append((number, [row[field] for field in fields]))
+    if not found:
+        raise DataError(f"{path}: holds no rows")
+    return found
 
 
 def tokenize_example(tokenizer: Tokenizer, template: ChatTemplate, prompt: str, response: str) -> Example:
@@ -122,7 +120,7 @@ def pack_rows(examples: list[Example], seq_len: int, packing: bool, pad_id: int)
 def build_rows(path: Path, tokenizer: Tokenizer, config: PromptResponseConfig) -> dict[str, np.ndarray]:
     template = chat_template(config.template)
     examples = []
-    for number, prompt, response in read_pairs(path, config.prompt_field, config.response_field):
+    for number, (prompt, response) in read_fields(path, (config.prompt_field, config.response_field)):
         example = tokenize_example(tokenizer, template, prompt, response)
         if len(example.input_ids) > config.seq_len:
             raise DataError(f"{path}:{number}: the example is {len(example.input_ids) + 1} tokens, more than "
@@ -131,65 +129,32 @@ def build_rows(path: Path, tokenizer: Tokenizer, config: PromptResponseConfig) -
     return pack_rows(examples, config.seq_len, config.packing, tokenizer.eos_id)
 
 
-def take_rows(rows: dict[str, np.ndarray], indices: np.ndarray, batch_size: int | None = None) -> dict[str, torch.Tensor]:
-    """The rows at `indices` as tensors, padded to `batch_size` rows (padding rows have no labels)."""
-    count = len(indices) if batch_size is None else batch_size
-    batch = {}
-    for key, fill in (("input_ids", 0), ("labels", IGNORE_INDEX), ("document_ids", PADDING_DOCUMENT)):
-        block = np.full((count, rows[key].shape[1]), fill, dtype=np.int64)
-        block[:len(indices)] = rows[key][indices]
-        batch[key] = torch.from_numpy(block)
-    return batch
+FILLS = {"input_ids": 0, "labels": IGNORE_INDEX, "document_ids": PADDING_DOCUMENT}  # padding rows
 
 
-class _Rows:
-    def __init__(self, rows: dict[str, np.ndarray], tokenizer: Tokenizer, batch_size: int) -> None:
-        self.rows = rows
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.num_rows = rows["input_ids"].shape[0]
-
-    def run_files(self) -> dict[str, Path]:
-        """The tokenizer goes with the run: generation and evaluation read it there."""
-        return {"tokenizer.model": self.tokenizer.path}
-
-
-class PromptResponseTrain(OrderedTrainSource, _Rows):
-    def __init__(self, rows: dict[str, np.ndarray], tokenizer: Tokenizer, batch_size: int, shard: ShardInfo,
-                 path: Path) -> None:
-        super().__init__(rows, tokenizer, batch_size)
-        self.order = training_order(self.num_rows, batch_size, shard, str(path),
-                                    hint="use more pairs, or lower data.batch_size")
-
-    def next_batch(self) -> dict[str, torch.Tensor]:
-        return take_rows(self.rows, self.order.next_indices())
-
-
-class PromptResponseValidation(OrderedValidationSource, _Rows):
-    def __init__(self, rows: dict[str, np.ndarray], tokenizer: Tokenizer, batch_size: int, shard: ShardInfo) -> None:
-        super().__init__(rows, tokenizer, batch_size)
-        self.order = ValidationOrder(self.num_rows, batch_size, shard)
-
-    def validation_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        # Every rank runs the same shapes: a short last batch is padded to batch_size rows.
-        return take_rows(self.rows, indices, self.batch_size)
-
-
-def build_prompt_response(config: PromptResponseConfig, split: str, shard: ShardInfo) -> Any:
-    """The dataset factory; None for "val" when the recipe names no validation file."""
+def load_split(config: Any, split: str, what: str) -> tuple[Tokenizer, Path | None]:
+    """The tokenizer and the split's file of a JSONL dataset config (`train_file`, `val_file`,
+    `tokenizer`, `vocab_size`); the file is None for "val" when the recipe names none."""
     if split not in ("train", "val"):
-        raise DataError(f"prompt_response has splits 'train' and 'val', not '{split}'")
+        raise DataError(f"{what} has splits 'train' and 'val', not '{split}'")
     if not config.tokenizer:
-        raise DataError("data.tokenizer: prompt_response needs the base model's tokenizer file",
+        raise DataError(f"data.tokenizer: {what} needs the base model's tokenizer file",
                         hint="e.g. data.tokenizer=runs/base/tokenizer.model")
     tokenizer = load_tokenizer(config.tokenizer, expected_vocab_size=config.vocab_size or None)
     path_text = config.train_file if split == "train" else config.val_file
     if split == "val" and not path_text:
-        return None
+        return tokenizer, None
     if not path_text:
-        raise DataError("data.train_file: prompt_response needs a JSONL file of prompt/response pairs")
-    path = Path(path_text)
+        raise DataError(f"data.train_file: {what} needs a JSONL file")
+    return tokenizer, Path(path_text)
+
+
+def build_prompt_response(config: PromptResponseConfig, split: str, shard: ShardInfo) -> Any:
+    """The dataset factory; None for "val" when the recipe names no validation file."""
+    tokenizer, path = load_split(config, split, "prompt_response")
+    if path is None:
+        return None
     rows = build_rows(path, tokenizer, config)
     if split == "train":
-        return PromptResponseTrain(rows, tokenizer, config.batch_size, shard, path)
-    return PromptResponseValidation(rows, tokenizer, config.batch_size, shard)
+        return RowsTrain(rows, FILLS, tokenizer, config.batch_size, shard, str(path))
+    return RowsValidation(rows, FILLS, tokenizer, config.batch_size, shard)
