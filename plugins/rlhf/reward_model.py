@@ -46,7 +46,11 @@ class RewardModelConfig(OpenELMConfig):
 
 
 class RewardModel(nn.Module):
-    """`model(input_ids [B, S], last [B]) -> scores [B]` (float32), read at position `last` of each row."""
+    """`model(input_ids [B, S], last [B]) -> scores [B]` (float32), read at position `last` of each row.
+
+    Without `last`, scores at every position [B, S] (PPO's value head). `document_ids` [B, S] (-1 on
+    left padding, 0 on the text) keeps left padding out of attention, as in plugins.rlhf.packed.
+    """
 
     def __init__(self, backbone: OpenELM) -> None:
         super().__init__()
@@ -55,10 +59,13 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.score_head.weight)
         nn.init.zeros_(self.score_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, last: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
         # One document per row: right padding comes after `last`, which causal attention never reads.
-        documents = torch.zeros_like(input_ids)
+        documents = torch.zeros_like(input_ids) if document_ids is None else document_ids
         hidden = packed_hidden(self.backbone, input_ids, documents)  # [B, S, D]
+        if last is None:
+            return self.score_head(hidden).squeeze(-1).float()  # [B, S]
         picked = hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # [B, D]
         return self.score_head(picked).squeeze(-1).float()  # [B]
 

@@ -1,7 +1,7 @@
 """Model soups: the weighted average of runs of one architecture, written as an ordinary run.
 
-A soup reads each run's trained model (the checkpoint's one trained model, or its latest
-checkpoint's for a run directory), checks that every run has the same tensors with the same
+A soup reads each run's trained model (the checkpoint's one trained model, or the one `--model`
+names in a many-model run such as an RL run's `policy`; a run directory's latest checkpoint), checks that every run has the same tensors with the same
 shapes and dtypes, the same model config and the same tokenizer, and averages the weights with the
 given weights (non-negative, summing to 1) in float64 before casting back, so a soup of identical
 checkpoints is that checkpoint bit for bit. Tied tensors stay tied.
@@ -59,12 +59,13 @@ class Ingredient:
     checkpoint: Path
     recipe: dict[str, Any]
     weights: dict[str, torch.Tensor]
+    name: str  # the model's name in the run's recipe ("model", "policy", ...)
 
     @functools.cached_property
     def model(self) -> ModelConfig:
         """The trained model's registered component and config (loads the plugins: asked for only
         once the tensors agree, so a mismatch is reported without that cost)."""
-        return model_config(self.checkpoint)
+        return model_config(self.checkpoint, name=self.name)
 
     @property
     def run_dir(self) -> Path:
@@ -75,18 +76,25 @@ class Ingredient:
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def trained_model_name(checkpoint: Path, recipe: dict[str, Any]) -> str:
-    trained = [name for name, section in model_sections(recipe).items() if not section.get("frozen", False)]
+def trained_model_name(checkpoint: Path, recipe: dict[str, Any], name: str | None = None) -> str:
+    """The run's one trained model, or `name` (which must be a trained model of the run)."""
+    trained = [key for key, section in model_sections(recipe).items() if not section.get("frozen", False)]
+    if name is not None:
+        if name not in trained:
+            raise SoupError(f"{checkpoint}: has no trained model '{name}'", hint=f"its trained models: {', '.join(trained)}")
+        return name
     if len(trained) != 1:
-        raise SoupError(f"{checkpoint}: its recipe names {len(trained)} trained models; a soup needs runs of one")
+        raise SoupError(f"{checkpoint}: its recipe names {len(trained)} trained models ({', '.join(trained)}); "
+                        "say which with --model")
     return trained[0]
 
 
-def read_ingredient(path: str | Path) -> Ingredient:
+def read_ingredient(path: str | Path, name: str | None = None) -> Ingredient:
+    """A run's trained model (`name` picks one of a many-model run, e.g. an RL run's policy)."""
     checkpoint = resolve_checkpoint(path)
     recipe = read_recipe(checkpoint)
-    name = trained_model_name(checkpoint, recipe)
-    return Ingredient(str(path), checkpoint, recipe, load_weights(checkpoint / weights_file(name)))
+    chosen = trained_model_name(checkpoint, recipe, name)
+    return Ingredient(str(path), checkpoint, recipe, load_weights(checkpoint / weights_file(chosen)), chosen)
 
 
 def check_mixture(weights: list[float], count: int) -> list[float]:
@@ -197,12 +205,12 @@ def write_soup(ingredients: list[Ingredient], weights: list[float], out: Path) -
     return out / checkpoint_name(0)
 
 
-def make_soup(runs: list[str], weights: list[float] | None, out: Path) -> Path:
+def make_soup(runs: list[str], weights: list[float] | None, out: Path, name: str | None = None) -> Path:
     """`toolkit-soup`'s work: read the runs, check them, write the soup run directory."""
     weights = weights if weights is not None else [1.0 / len(runs)] * len(runs)
     check_mixture(weights, len(runs))
     try:
-        ingredients = [read_ingredient(run) for run in runs]
+        ingredients = [read_ingredient(run, name) for run in runs]
     except CheckpointError as error:
         raise SoupError(error.message, hint=error.hint) from error
     return write_soup(ingredients, weights, out)

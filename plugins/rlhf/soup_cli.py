@@ -3,6 +3,7 @@
     toolkit-soup runs/sft-a runs/sft-b --out runs/sft-soup                 # equal weights
     toolkit-soup runs/sft-a runs/sft-b runs/sft-c --weights 0.5,0.25,0.25 --out runs/soup3
     toolkit-soup runs/sft-a runs/sft-b --sweep --alphas 0,0.25,0.5,0.75,1 [--report sweep.json]
+    toolkit-soup runs/salsa --model policy --out runs/salsa-policy       # one model of an RL run
 
 Runs of another architecture, config or tokenizer are refused with one line naming what differs
 (for tensors: which one and both shapes), and nothing is written.
@@ -33,6 +34,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("runs", nargs="+", help="run or checkpoint directories of one architecture")
     parser.add_argument("--weights", help="comma-separated, one per run, summing to 1 (default: equal)")
     parser.add_argument("--out", type=Path, help="the soup's run directory (must not exist)")
+    parser.add_argument("--model", help="which trained model of many-model runs (an RL run's policy)")
     parser.add_argument("--sweep", action="store_true",
                         help="instead of writing a soup, report validation loss between two runs")
     parser.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="sweep points (0 = first run, 1 = second)")
@@ -48,7 +50,7 @@ def run(argv: list[str]) -> int:
             raise SoupError("--sweep takes exactly two runs and no --out or --weights")
         from plugins.rlhf.sweep import alpha_sweep  # loads the plugins to build the recipe's task and data
 
-        first, second = (read_ingredient(run) for run in arguments.runs)
+        first, second = (read_ingredient(run, arguments.model) for run in arguments.runs)
         points = alpha_sweep(first, second, parse_numbers(arguments.alphas, "--alphas"), arguments.batches)
         for point in points:
             print(f"alpha {point.alpha:.3f}  val_loss {point.val_loss:.5f}  ({point.items} items)")
@@ -58,7 +60,7 @@ def run(argv: list[str]) -> int:
     if arguments.out is None:
         raise SoupError("give the soup's run directory with --out DIR (or --sweep)")
     weights = parse_numbers(arguments.weights, "--weights") if arguments.weights else None
-    checkpoint = make_soup(arguments.runs, weights, arguments.out)
+    checkpoint = make_soup(arguments.runs, weights, arguments.out, arguments.model)
     print(f"soup of {len(arguments.runs)} runs written to {arguments.out} ({checkpoint.name})", file=sys.stderr)
     return 0
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import torch
 
-from plugins.rlhf.soup import Ingredient, SoupError, soup_state, trained_model_name
+from plugins.rlhf.soup import Ingredient, SoupError, soup_state
 from toolkit.capabilities import ManyModels
 from toolkit.checkpoint import load_state_strict
 from toolkit.config import build_config
@@ -48,7 +48,7 @@ class Scorer:
         self.data = build_section("datasets", recipe["data"], "val", ShardInfo())
         if self.data is None:
             raise SoupError(f"{ingredient.given}: its recipe has no validation data to sweep on")
-        self.model_name = trained_model_name(ingredient.checkpoint, recipe)
+        self.model_name = ingredient.name
         self.max_batches = max_batches
 
     @torch.no_grad()
