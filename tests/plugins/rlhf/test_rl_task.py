@@ -53,13 +53,29 @@ class Length:
         return [len(sample.completion) / 10 for sample in samples]
 
 
+def rl_run(run, sft_run, gsm_dir, self_soup, *extra):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rl_task, "build_reward", lambda name, options: (Length(), "tests"))
+        assert main_with_arguments([SALSA, *rl_overrides(sft_run, gsm_dir, self_soup, run, *extra)]) == 0
+    return run
+
+
+CHECKPOINT_EACH_STEP = ["trainer.save_every=1", "trainer.keep_last=2"]
+
+
+@pytest.fixture(scope="module")
+def ppo_run(sft_run, gsm_dir, self_soup, tmp_path_factory):
+    """Two PPO steps with the soup of the SFT run with itself as reference, a checkpoint after each."""
+    return rl_run(tmp_path_factory.mktemp("ppo") / "run", sft_run, gsm_dir, self_soup, *CHECKPOINT_EACH_STEP)
+
+
 @pytest.mark.parametrize("method", ["ppo", "grpo"])  # rloo differs from grpo only in rloo(), tested by hand
 def test_rl_runs_with_a_soup_reference_and_kl_is_zero_at_step_zero(sft_run, gsm_dir, self_soup, tmp_path, method,
-                                                                    monkeypatch, capsys):
-    monkeypatch.setattr(rl_task, "build_reward", lambda name, options: (Length(), "tests"))
-    run = tmp_path / "rl"
-    extra = [f"task.method={method}"] + (["models.value=null"] if method != "ppo" else [])
-    assert main_with_arguments([SALSA, *rl_overrides(sft_run, gsm_dir, self_soup, run, *extra)]) == 0
+                                                                    request, capsys):
+    if method == "ppo":
+        run = request.getfixturevalue("ppo_run")
+    else:
+        run = rl_run(tmp_path / "rl", sft_run, gsm_dir, self_soup, f"task.method={method}", "models.value=null")
     steps = [r for r in records(run) if "reward" in r]
     assert len(steps) == 2
     # The policy, the SFT model and the soup of the SFT run with itself are one model at step 0.
@@ -119,3 +135,19 @@ def test_a_prompt_longer_than_the_context_is_one_line(sft_run, gsm_dir, self_sou
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1, errors
     assert "with task.max_new_tokens=500 it exceeds the policy's context of 512 tokens" in errors[0]
+
+
+def test_a_resumed_ppo_run_matches_an_uninterrupted_one_bit_for_bit(ppo_run, sft_run, gsm_dir, self_soup, tmp_path):
+    resumed = rl_run(tmp_path / "resumed", sft_run, gsm_dir, self_soup, *CHECKPOINT_EACH_STEP,
+                     "--resume", str(ppo_run / "step-000001"), "--accept-changes")
+    for name in ("model-policy.safetensors", "model-value.safetensors"):
+        expected, actual = load_weights(ppo_run / "step-000002" / name), load_weights(resumed / "step-000002" / name)
+        assert all(torch.equal(expected[key], actual[key]) for key in expected), name
+    rewards = {run: [(r["step"], r["reward"], r["kl_sft"]) for r in records(run) if "reward" in r]
+               for run in (ppo_run, resumed)}
+    assert len(rewards[ppo_run]) == 2 and rewards[resumed] == rewards[ppo_run][1:]  # a fresh log from step 2 on
+
+
+@pytest.mark.parametrize("recipe", ["sft_a", "sft_b", "reward", "ppo", "salsa"])
+def test_the_shipped_recipes_are_valid(recipe):
+    load_recipe(f"rlhf/{recipe}.yaml", [], get_registries())
