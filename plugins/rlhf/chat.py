@@ -6,9 +6,9 @@ generator is given at inference time, so training and sampling see the same prom
 
 Named templates:
     plain   the prompt, then the response, joined with nothing in between
-    gsm     the GSM8K few-shot layout of the lm_eval plugin ("Q: ...\\nA: Let's think step by
-            step. ... The final answer is N."), so `toolkit-eval gsm_symbolic` prompts a
-            fine-tuned model the way it was trained
+    gsm     the lm_eval plugin's GSM8K prompt with no shots (its preamble, "Q: ...", "A: Let's
+            think step by step."), so `toolkit-eval gsm_symbolic num_shots=0` prompts a
+            fine-tuned model exactly as it was trained; responses end "The final answer is N."
     chatml  ChatML turns, the template of SmolLM2's instruct models
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from plugins.lm_eval.gsm import ANSWER_PREFIX
+from plugins.lm_eval.gsm import ANSWER_PREFIX, PREAMBLE
 from toolkit.errors import DataError
 
 
@@ -36,7 +36,7 @@ class ChatTemplate:
 
 TEMPLATES: dict[str, ChatTemplate] = {
     "plain": ChatTemplate("{prompt}", "{response}"),
-    "gsm": ChatTemplate("Q: {prompt}\nA: " + ANSWER_PREFIX, " {response}"),
+    "gsm": ChatTemplate(PREAMBLE + "\n\nQ: {prompt}\nA: " + ANSWER_PREFIX, " {response}"),
     "chatml": ChatTemplate("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n", "{response}<|im_end|>"),
 }
 

@@ -111,7 +111,7 @@ def test_a_reward_model_trains_from_an_sft_run_and_scores_samples(sft_run, gsm_d
     run = tmp_path / "reward"
     overrides = [f"model.init_from={sft_run}", f"data.train_file={gsm_dir / 'pairs_train.jsonl'}",
                  f"data.val_file={gsm_dir / 'pairs_val.jsonl'}", f"data.tokenizer={sft_run / 'tokenizer.model'}",
-                 "data.seq_len=320", "data.batch_size=2", "trainer.max_steps=2", "trainer.eval_every=2",
+                 "data.seq_len=384", "data.batch_size=2", "trainer.max_steps=2", "trainer.eval_every=2",
                  "trainer.eval_batches=1", "trainer.save_every=2", "trainer.progress=false", "trainer.log_every=1",
                  "trainer.precision=fp32", "schedule.warmup_steps=1", f"trainer.out_dir={run}"]
     assert main_with_arguments(["rlhf/reward.yaml", *overrides]) == 0

@@ -14,6 +14,7 @@ from torch import nn
 from conftest import sft_overrides, tiny_openelm
 from helpers import REPO
 from plugins.lm.packing import IGNORE_INDEX
+from plugins.lm_eval.gsm import build_prompt
 from plugins.rlhf import gsm_data
 from plugins.rlhf.chat import chat_template
 from plugins.rlhf.packed import document_positions, packed_logits, require_packing_support
@@ -32,7 +33,9 @@ RECIPES = REPO / "plugins" / "rlhf" / "recipes"
 def test_labels_cover_the_response_and_its_eos_only(tokenizer):
     template = chat_template("gsm")
     example = tokenize_example(tokenizer, template, "Tom has 3 apples. How many?", "He has 3. The final answer is 3.")
-    prompt = [tokenizer.eos_id, *tokenizer.encode("Q: Tom has 3 apples. How many?\nA: Let's think step by step.")]
+    # The evaluator's zero-shot prompt, so toolkit-eval gsm_symbolic num_shots=0 asks as training did.
+    assert template.render_prompt("Tom has 3 apples. How many?") == build_prompt([], "Tom has 3 apples. How many?")
+    prompt = [tokenizer.eos_id, *tokenizer.encode(build_prompt([], "Tom has 3 apples. How many?"))]
     response = tokenizer.encode(" He has 3. The final answer is 3.")
     assert example.input_ids == prompt + response
     assert example.labels == [IGNORE_INDEX] * (len(prompt) - 1) + response + [tokenizer.eos_id]
