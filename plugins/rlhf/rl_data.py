@@ -28,6 +28,7 @@ class PromptsConfig:
     prompt_field: str = "prompt"
     reference_field: str = "reference"
     batch_size: int = 4  # prompts per rollout batch per rank (each sampled task.samples_per_prompt times)
+    tokenizer: str = ""  # the policy's tokenizer: copied into the run directory (the task reads ${data.tokenizer})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -39,6 +40,11 @@ class _Prompts:
         rows = read_fields(path, (config.prompt_field, config.reference_field))
         self.prompts = [values[0] for _, values in rows]
         self.references = [values[1] for _, values in rows]
+        self.tokenizer = Path(config.tokenizer) if config.tokenizer else None
+
+    def run_files(self) -> dict[str, Path]:
+        """The tokenizer goes with the run, so its policy loads for generation and evaluation."""
+        return {"tokenizer.model": self.tokenizer} if self.tokenizer is not None else {}
 
     def batch(self, indices: np.ndarray) -> dict[str, list[str]]:
         return {"prompt": [self.prompts[i] for i in indices], "reference": [self.references[i] for i in indices]}

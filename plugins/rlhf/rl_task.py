@@ -216,7 +216,8 @@ class RLTask:
         prompts = [prompt for prompt in batch["prompt"] for _ in range(config.samples_per_prompt)]
         scores = self._scores(prompts, rollout, references)
         mask = rollout.response_mask.float()
-        with torch.no_grad():
+        # Scored under the same autocast as the updates, so the first update's ratio is exactly 1.
+        with torch.no_grad(), context.autocast():
             old_logprobs = response_logprobs(models["policy"], rollout)  # [N, T]
             sft_logprobs = response_logprobs(models["sft"], rollout)
             kl_sft = kl_estimate(old_logprobs, sft_logprobs, config.kl_estimator) * mask
@@ -238,7 +239,8 @@ class RLTask:
             context.log(reward_nonfinite=len(scores.bad), **logged, score_s=scored - generated)
             context.optimizer_step()  # no gradients: no parameter moves, the schedule still advances
             return
-        advantages, extra = self._advantages(models, rollout, scores.values, old_logprobs, kl_ref)
+        with context.autocast():
+            advantages, extra = self._advantages(models, rollout, scores.values, old_logprobs, kl_ref)
         advantaged = time.perf_counter()
         self._update(context, rollout, old_logprobs, advantages, extra)
         self.kl.update(logged.get("kl_ref", 0.0), len(scores.values))

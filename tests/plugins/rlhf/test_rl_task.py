@@ -35,7 +35,7 @@ def self_soup(sft_run, tmp_path_factory):
 
 def rl_overrides(sft_run, gsm_dir, reference, out, *extra):
     return [f"models.policy.source={sft_run}", f"models.sft.source={sft_run}", f"models.value.init_from={sft_run}",
-            f"models.reference.source={reference}", f"task.tokenizer={sft_run / 'tokenizer.model'}",
+            f"models.reference.source={reference}", f"data.tokenizer={sft_run / 'tokenizer.model'}",
             f"data.train_file={gsm_dir / 'train.jsonl'}", f"data.val_file={gsm_dir / 'val.jsonl'}",
             "data.batch_size=2", "task.samples_per_prompt=2", "task.max_new_tokens=4", "task.epochs=1",
             "task.minibatches=2", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.eval_batches=1",
@@ -84,6 +84,7 @@ def test_rl_runs_with_a_soup_reference_and_kl_is_zero_at_step_zero(sft_run, gsm_
     assert {"generate_s", "score_s", "update_s", "response_tokens", "kl_coef", "policy_loss"} <= set(steps[0])
     assert ("value_loss" in steps[0]) == (method == "ppo")
     assert any("val_reward" in r for r in records(run))
+    assert (run / "tokenizer.model").read_bytes() == (sft_run / "tokenizer.model").read_bytes()
     expected = ["model-policy.safetensors"] + (["model-value.safetensors"] if method == "ppo" else [])
     assert sorted(p.name for p in (run / "step-000002").glob("model-*")) == expected
     if method == "ppo":  # two trained models: toolkit-soup --model takes the policy out as a run of its own
