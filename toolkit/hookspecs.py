@@ -71,6 +71,18 @@ def register_tasks(register):
 
 
 @hookspec
+def register_rewards(register):
+    """Register rewards for reinforcement learning from feedback.
+
+    `factory(config) -> reward`, an object with `score(samples) -> sequence of N floats` for N
+    samples, each with `prompt` (str), `completion` (the generated text, str) and `reference`
+    (the data's reference answer, or None). Programmatic checks (an exact final number) and
+    learned reward models are both rewards; an RL task names one in its config. A reward that
+    raises is reported as one line naming it and its plugin; a non-finite score skips the step.
+    """
+
+
+@hookspec
 def register_routers(register):
     """Register routers (token- or layer-level compute routing, as in Duo-LLM).
 

@@ -32,6 +32,7 @@ KINDS = (
     "evaluators",
     "callbacks",
     "model_importers",
+    "rewards",
 )
 
 

@@ -22,6 +22,10 @@ ALLOWED_PLUGIN_EDGES = {
     ("transfer", "catlip"),  # transfer fine-tunes a CatLIP tower and reads its synset vocabulary
     ("lm_eval", "lm"),  # the evaluators score language models the lm plugin loads
     ("gsm_symbolic", "lm_eval"),  # the gsm_symbolic evaluator runs lm_eval's GSM8K protocol
+    ("rlhf", "lm"),  # SFT and RL fine-tune language models: the lm plugin's loss, tokenizer, sampler
+    ("rlhf", "openelm"),  # the packed (document-masked) forward and value heads drive OpenELM's blocks
+    ("rlhf", "lm_eval"),  # SFT data and the math reward use the GSM8K answer format and checks
+    ("rlhf", "gsm_symbolic"),  # SFT and RL prompts are generated from the GSM-Symbolic templates
 }
 
 Sources = dict[str, tuple[str, bool]]  # module name -> (source text, is it a package's __init__)

@@ -1,0 +1,180 @@
+"""The SALSA demonstration on CPU: SFT twice, soup, then PPO (SFT reference) against SALSA (soup
+reference) with equal budgets over several seeds, held-out accuracy and reward against KL.
+
+    python -m plugins.rlhf.demo --base runs/openelm-tiny --work runs/salsa-demo [--seeds 0,1,2]
+
+Every stage skips work already done (finished runs, written soups), so an interrupted
+demonstration continues where it stopped. Writes into --work:
+    data/                      the GSM-Symbolic SFT data (train / val / held-out templates)
+    sft-a, sft-b, soup         the two SFT runs (rlhf/sft_a.yaml, sft_b.yaml) and their soup
+    sweep.json                 validation loss along the path sft-a -> sft-b
+    ppo-s<seed>, salsa-s<seed> the RL runs (rlhf/ppo.yaml, rlhf/salsa.yaml), their policies
+                               (*-policy) and their held-out evaluations (eval-*)
+    summary.json, reward_vs_kl.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from plugins.rlhf import gsm_data
+from plugins.rlhf.soup import make_soup, read_ingredient
+from toolkit.checkpoint import latest_checkpoint
+from toolkit.cli.common import run_cli
+from toolkit.errors import ToolkitError
+from toolkit.files import atomic_write_text
+
+
+def stage(message: str) -> None:
+    print(f"demo: {message}", file=sys.stderr, flush=True)
+
+
+def train(recipe: str, out: Path, steps: int, overrides: list[str]) -> Path:
+    """`toolkit-train recipe` to `steps` steps in `out`, resuming what an earlier call left."""
+    from toolkit.cli.train import main_with_arguments
+
+    latest = latest_checkpoint(out)
+    if latest is not None and latest.name == f"step-{steps:06d}":
+        return out
+    arguments = [recipe, *overrides, f"trainer.out_dir={out}", f"trainer.max_steps={steps}",
+                 f"trainer.save_every={steps}", "trainer.progress=false"]
+    if latest is not None:
+        arguments += ["--resume", "auto"]
+    stage(f"training {out.name} ({steps} steps)")
+    if run_cli(main_with_arguments, arguments) != 0:
+        raise ToolkitError(f"training {out} failed (its error is above)")
+    return out
+
+
+def evaluate(policy: Path, heldout: Path, out: Path, max_new_tokens: int) -> dict[str, Any]:
+    """`toolkit-eval gsm_symbolic` zero-shot on the held-out file (its instance sets); the metrics."""
+    from toolkit.cli.eval import main_with_arguments
+
+    results = out / "results.json"
+    if not results.is_file():
+        stage(f"evaluating {policy.name} on the held-out templates")
+        arguments = ["gsm_symbolic", "--model", str(policy), "--output", str(out), "--no-progress",
+                     f"data_file={heldout}", "num_shots=0", f"max_new_tokens={max_new_tokens}"]
+        if run_cli(main_with_arguments, arguments) != 0:
+            raise ToolkitError(f"evaluating {policy} failed (its error is above)")
+    return json.loads(results.read_text())["metrics"]
+
+
+def rl_curve(run: Path) -> list[dict[str, float]]:
+    return [record for record in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "reward" in record]
+
+
+def plot(curves: dict[str, list[list[dict[str, float]]]], path: Path) -> bool:
+    """Reward against KL to the SFT model, one line per run, a colour per method; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for colour, (method, runs) in zip(("tab:blue", "tab:orange"), curves.items()):
+        for index, curve in enumerate(runs):
+            axes.plot([r["kl_sft"] for r in curve], [r["reward"] for r in curve], color=colour, alpha=0.7,
+                      label=method if index == 0 else None)
+    axes.set_xlabel("KL to the SFT model (per sequence)")
+    axes.set_ylabel("reward (exact final number)")
+    axes.legend()
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=120)
+    plt.close(figure)
+    temporary.replace(path)
+    return True
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m plugins.rlhf.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="a trained LM run (its tokenizer.model too)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for everything the demo makes")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--instances", type=int, default=40, help="SFT instances per train template")
+    parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--rl-steps", type=int, default=60)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="override for the SFT runs")
+    parser.add_argument("--rl", action="append", default=[], metavar="KEY=VALUE", help="override for the RL runs")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str]) -> int:
+    arguments = parse_arguments(argv)
+    work, base = arguments.work, arguments.base
+    data = work / "data"
+    if not (data / "split.json").is_file():
+        stage("writing the SFT data")
+        gsm_data.run(["--out", str(data), "--instances", str(arguments.instances)])
+    tokenizer = base / "tokenizer.model"
+    sft_overrides = [f"models.policy.source={base}", f"data.train_file={data / 'train.jsonl'}",
+                     f"data.val_file={data / 'val.jsonl'}", f"data.tokenizer={tokenizer}", *arguments.sft]
+    sft = {name: train(f"rlhf/sft_{name}.yaml", work / f"sft-{name}", arguments.sft_steps, sft_overrides)
+           for name in ("a", "b")}
+    soup = work / "soup"
+    if not soup.exists():
+        stage("making the soup")
+        make_soup([str(sft["a"]), str(sft["b"])], None, soup)
+    if not (work / "sweep.json").is_file():
+        from plugins.rlhf.sweep import alpha_sweep
+
+        stage("sweeping sft-a -> sft-b")
+        points = alpha_sweep(read_ingredient(sft["a"]), read_ingredient(sft["b"]), [0.0, 0.25, 0.5, 0.75, 1.0])
+        atomic_write_text(work / "sweep.json", json.dumps([vars(p) for p in points], indent=2) + "\n")
+    sweep = json.loads((work / "sweep.json").read_text())
+    rl_common = [f"models.policy.source={sft['a']}", f"models.sft.source={sft['a']}",
+                 f"models.value.init_from={sft['a']}", f"data.tokenizer={tokenizer}",
+                 f"task.max_new_tokens={arguments.max_new_tokens}", f"data.train_file={data / 'train.jsonl'}",
+                 f"data.val_file={data / 'val.jsonl'}", *arguments.rl]
+    methods = {"ppo": ("rlhf/ppo.yaml", []), "salsa": ("rlhf/salsa.yaml", [f"models.reference.source={soup}"])}
+    curves: dict[str, list[list[dict[str, float]]]] = {method: [] for method in methods}
+    accuracy: dict[str, list[float]] = {method: [] for method in methods}
+    spread: dict[str, list[float]] = {method: [] for method in methods}  # std over instance sets, per run
+    for seed in [int(text) for text in arguments.seeds.split(",")]:
+        for method, (recipe, extra) in methods.items():
+            out = train(recipe, work / f"{method}-s{seed}", arguments.rl_steps,
+                        [*rl_common, *extra, f"trainer.seed={seed}"])
+            policy = work / f"{method}-s{seed}-policy"
+            if not policy.exists():
+                make_soup([str(out)], None, policy, name="policy")
+            results = evaluate(policy, data / "heldout.jsonl", work / f"eval-{method}-s{seed}",
+                               arguments.max_new_tokens)
+            curves[method].append(rl_curve(out))
+            accuracy[method].append(results["accuracy_mean"])
+            spread[method].append(results["accuracy_std"])
+    sft_results = evaluate(sft["a"], data / "heldout.jsonl", work / "eval-sft-a", arguments.max_new_tokens)
+    summary = {
+        "sweep": sweep,
+        "soup_no_worse_than_worse_endpoint": sweep[2]["val_loss"] <= max(sweep[0]["val_loss"], sweep[-1]["val_loss"]),
+        "sft_heldout_accuracy": {"mean": sft_results["accuracy_mean"], "std_over_sets": sft_results["accuracy_std"]},
+        "heldout_accuracy": {method: {"per_seed": values, "std_over_sets_per_seed": spread[method], **mean_std(values)}
+                             for method, values in accuracy.items()},
+        "final": {method: {key: mean_std([curve[-1][key] for curve in runs]) for key in ("reward", "kl_sft", "kl_ref")}
+                  for method, runs in curves.items()},
+        "plot": "reward_vs_kl.png" if plot(curves, work / "reward_vs_kl.png") else None,
+    }
+    atomic_write_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary["heldout_accuracy"], indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(run, argv))
+
+
+if __name__ == "__main__":
+    main()
