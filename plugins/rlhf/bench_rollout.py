@@ -10,7 +10,6 @@ seed, checks the two produce the same tokens, and prints the best-of-repeats tim
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -18,6 +17,7 @@ import torch
 from plugins.lm.sampling import generate
 from plugins.openelm import OpenELM
 from plugins.openelm.config import OpenELMTinyConfig
+from toolkit.cli.common import ArgumentParser
 
 
 def timed(model: OpenELM, prompts: torch.Tensor, new: int, use_cache: bool, repeats: int) -> tuple[float, torch.Tensor]:
@@ -31,7 +31,7 @@ def timed(model: OpenELM, prompts: torch.Tensor, new: int, use_cache: bool, repe
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m plugins.rlhf.bench_rollout", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m plugins.rlhf.bench_rollout", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt", type=int, default=96)
     parser.add_argument("--new", type=int, default=64)

@@ -25,9 +25,9 @@ from typing import Any
 from plugins.rlhf import gsm_data
 from plugins.rlhf.soup import make_soup, read_ingredient
 from toolkit.checkpoint import latest_checkpoint
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.errors import ToolkitError
-from toolkit.files import atomic_write_text
+from toolkit.files import atomic_path, atomic_write_text
 
 
 def stage(message: str) -> None:
@@ -88,10 +88,9 @@ def plot(curves: dict[str, list[list[dict[str, float]]]], path: Path) -> bool:
     axes.set_ylabel("reward (exact final number)")
     axes.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=120)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=120, format="png")
     plt.close(figure)
-    temporary.replace(path)
     return True
 
 
@@ -100,7 +99,7 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m plugins.rlhf.demo", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m plugins.rlhf.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="a trained LM run (its tokenizer.model too)")
     parser.add_argument("--work", type=Path, required=True, help="folder for everything the demo makes")
     parser.add_argument("--seeds", default="0,1,2")

@@ -29,7 +29,7 @@ from typing import Any
 from plugins.gsm_symbolic.sampler import generate_rows
 from plugins.gsm_symbolic.template import Template, load_templates
 from plugins.lm_eval.gsm import split_solution
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.errors import DataError
 from toolkit.files import atomic_write_text
 
@@ -73,7 +73,7 @@ def jsonl(rows: list[dict[str, Any]]) -> str:
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m plugins.rlhf.gsm_data", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m plugins.rlhf.gsm_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSONL files")
     parser.add_argument("--templates", type=Path, default=None, help="template folder (default: the shipped ones)")
     parser.add_argument("--instances", type=int, default=40, help="train instances per train template")

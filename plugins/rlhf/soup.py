@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from toolkit.checkpoint import (
     weights_file,
 )
 from toolkit.errors import CheckpointError, ToolkitError
-from toolkit.files import fsync_directory
+from toolkit.files import atomic_directory
 
 TOKENIZER_FILE = "tokenizer.model"
 SOUP_FILE = "soup.json"
@@ -179,10 +178,10 @@ def write_soup(ingredients: list[Ingredient], weights: list[float], out: Path) -
     state = soup_state(ingredients, weights)
     recipe_text = yaml.safe_dump(soup_recipe(ingredients[0]), sort_keys=False)
     record = {"ingredients": [{"run": str(i.checkpoint.resolve()), "weight": w} for i, w in zip(ingredients, weights)]}
-    temporary = out.parent / f".tmp-soup-{out.name}-{os.getpid()}"
-    checkpoint = temporary / checkpoint_name(0)
-    try:
-        checkpoint.mkdir(parents=True)
+    # atomic_directory: the soup appears whole (fsynced, the umask's permissions) or not at all.
+    with atomic_directory(out) as temporary:
+        checkpoint = temporary / checkpoint_name(0)
+        checkpoint.mkdir()
         save_weights(state, checkpoint / "model.safetensors")
         (checkpoint / "recipe.yaml").write_text(recipe_text)
         (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 0, "soup": record}))
@@ -191,17 +190,6 @@ def write_soup(ingredients: list[Ingredient], weights: list[float], out: Path) -
         tokenizer = ingredients[0].run_dir / TOKENIZER_FILE
         if tokenizer.is_file():
             shutil.copyfile(tokenizer, temporary / TOKENIZER_FILE)
-        for folder in (checkpoint, temporary):
-            for file in folder.iterdir():
-                if file.is_file():
-                    with open(file, "rb") as handle:
-                        os.fsync(handle.fileno())
-            fsync_directory(folder)
-        os.rename(temporary, out)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    fsync_directory(out.parent)
     return out / checkpoint_name(0)
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from plugins.rlhf.soup import SoupError, make_soup, read_ingredient
-from toolkit.cli.common import run_cli
+from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.files import atomic_write_text
 
 
@@ -30,7 +30,7 @@ def parse_numbers(text: str, option: str) -> list[float]:
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="toolkit-soup", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="toolkit-soup", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run or checkpoint directories of one architecture")
     parser.add_argument("--weights", help="comma-separated, one per run, summing to 1 (default: equal)")
     parser.add_argument("--out", type=Path, help="the soup's run directory (must not exist)")

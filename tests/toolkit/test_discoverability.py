@@ -136,6 +136,7 @@ def _help_text(monkeypatch, capsys, script: str, *arguments: str) -> tuple[str, 
     ("toolkit-gsm-symbolic", ["generate"], ["instances per template (default: 50)"]),
     ("toolkit-eval", [], ["default: 8", "(default: auto)", "toolkit-eval EVALUATOR --list-options"]),
     ("toolkit-catlip-vocab", [], ["(default:"]),
+    ("toolkit-soup", [], ["0,0.25,0.5,0.75,1)", "validation batches per point (0 = all) (default: 0)"]),
 ])
 def test_every_console_script_help_shows_defaults(monkeypatch, capsys, script, arguments, shown):
     text, formatters = _help_text(monkeypatch, capsys, script, *arguments)
