@@ -138,16 +138,16 @@ def test_builder_from_folder_and_csv_and_a_bad_row(tmp_path):
         (folder / f"img{i}.txt").write_text(sample.caption)
     (folder / "orphan.png").write_bytes(png((1, 2, 3)))  # no caption: skipped
     tool = str(REPO / "tools" / "build_image_text_shards.py")
-    result = run_command([sys.executable, tool, "--folder", str(folder), "--out", str(tmp_path / "a")])
+    result = run_command([sys.executable, tool, "--folder", str(folder), "--out", str(tmp_path / "a"), "--prefix", "shard"])
     assert result.returncode == 0, result.stderr
     assert load_index(tmp_path / "a" / "shard-000000.tar", tmp_path / "cache").captions == CAPTIONS[:3]
     table = tmp_path / "pairs.csv"
     table.write_text("path,caption\nfolder/img0.png,first one\nfolder/img1.png,second\n")
-    result = run_command([sys.executable, tool, "--csv", str(table), "--out", str(tmp_path / "b")])
+    result = run_command([sys.executable, tool, "--csv", str(table), "--out", str(tmp_path / "b"), "--prefix", "shard"])
     assert result.returncode == 0, result.stderr
     assert load_index(tmp_path / "b" / "shard-000000.tar", tmp_path / "cache").captions == ["first one", "second"]
     table.write_text("path,caption\nfolder/img0.png,fine\nfolder/missing.png,gone\n")
-    result = run_command([sys.executable, tool, "--csv", str(table), "--out", str(tmp_path / "c")])
+    result = run_command([sys.executable, tool, "--csv", str(table), "--out", str(tmp_path / "c"), "--prefix", "shard"])
     assert_one_line_error(result, "pairs.csv, line 3", "missing.png")
     # The one shard was never completed: no shard and no temporary of one.
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
