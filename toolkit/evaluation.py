@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from toolkit.errors import ToolkitError
+from toolkit.progress import progress
 from toolkit.files import atomic_write_bytes, atomic_write_text
 
 RESULTS_FILE = "results.json"
@@ -152,12 +153,9 @@ class EvalContext:
         `compute(payloads) -> records` (one dict per payload; its `id` is set here). Each batch is
         appended to the cache as soon as it is done. Returns the records in item order.
         """
-        from tqdm.auto import tqdm
-
         cache = self.open_cache()
         pending = [(sample_id, payload) for sample_id, payload in items if sample_id not in cache.records]
-        with tqdm(total=len(items), initial=len(items) - len(pending), desc=description,
-                  disable=not self.progress, dynamic_ncols=True) as bar:
+        with progress(len(items), len(items) - len(pending), description, enabled=self.progress) as bar:
             for start in range(0, len(pending), max(1, self.batch_size)):
                 batch = pending[start:start + max(1, self.batch_size)]
                 records = compute([payload for _, payload in batch])

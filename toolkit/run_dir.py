@@ -29,8 +29,10 @@ from toolkit.errors import CheckpointError, RecipeError, TrainingError
 
 LOCK_FILE = ".toolkit-train.lock"
 RUN_MARKERS = ("metrics.jsonl", "recipe.yaml")  # with step-NNNNNN/: what makes a directory a run's
-# Keys that change how a run is shown, never what it computes: a resume may change them freely.
-COSMETIC_KEYS = {"trainer.progress", "trainer.threads", "trainer.log_every"}
+# Keys a resume may change freely: how a run is shown, never what it computes, and where its
+# directory is (a run moved to another disk and resumed there is the same run).
+KEYS_FREE_ON_RESUME = {"trainer.progress", "trainer.progress_every_s", "trainer.threads", "trainer.log_every",
+                       "trainer.out_dir"}
 
 
 @dataclass
@@ -71,7 +73,7 @@ def changed_keys(saved: dict[str, Any], given: dict[str, Any]) -> list[str]:
     """Recipe keys whose values differ between a checkpoint's recipe and the one given."""
     before, after = flatten(saved), flatten(given)
     keys = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
-    return [key for key in keys if key not in COSMETIC_KEYS]
+    return [key for key in keys if key not in KEYS_FREE_ON_RESUME]
 
 
 def _lock(run_dir: Path) -> IO:

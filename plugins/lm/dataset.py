@@ -21,6 +21,7 @@ from plugins.lm.packing import make_batch, window_count
 from plugins.lm.shard_paths import NO_VALIDATION, sibling_val_pattern, text_shard_paths
 from plugins.lm.token_cache import cached_tokens
 from plugins.lm.tokenizer import Tokenizer, cached_tokenizer, load_tokenizer
+from toolkit.config import InvalidField
 from toolkit.data import ShardInfo
 from toolkit.data.cache import cache_root
 from toolkit.data.order import (
@@ -51,7 +52,7 @@ class TextShardsConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidField(name, f"must be >= 1, got {getattr(self, name)}")
 
 
 class _PackedSource:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from toolkit.config import InvalidField
+
 
 @dataclass
 class CrossEntropyConfig:
@@ -26,7 +28,7 @@ class CrossEntropyConfig:
 
     def __post_init__(self) -> None:
         if self.z_loss < 0:
-            raise ValueError(f"z_loss must be >= 0, got {self.z_loss}")
+            raise InvalidField("z_loss", f"must be >= 0, got {self.z_loss}")
 
 
 @dataclass

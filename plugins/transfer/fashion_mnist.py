@@ -7,8 +7,9 @@ Batches are {"images": float32 [B, 3, H, W], "targets": int64 [B]}.
 
 Training order is `toolkit.data.order.EpochOrder` over the first `train_limit` training images
 (the file is already shuffled, so a prefix is a fair few-shot subset); the optional augmentation
-draws from a generator seeded by the batch's place in the stream, so a resumed run sees the same
-pixels. Validation is one pass over the first `val_limit` test images, split across ranks in equal
+of each image draws from a generator seeded by the image's place in the epoch's order
+(`EpochOrder.next_items`), so a resumed run, and a run at another world size or grad_accum, sees
+the same pixels. Validation is one pass over the first `val_limit` test images, split across ranks in equal
 batch counts; padding rows have target -100 (ignored by the loss and the accuracy).
 """
 
@@ -138,18 +139,24 @@ class _FashionMNISTSource:
         (folder / "classes.json").write_text(json.dumps(self.class_names, indent=1))
         return {"classes.json": folder / "classes.json"}
 
-    def _batch(self, indices: np.ndarray, rows: int, augment=None) -> dict[str, torch.Tensor]:
+    def _batch(self, indices: np.ndarray, rows: int, augment=None, seeds: list[int] | None = None) -> dict[str, torch.Tensor]:
         size = self.config.image_size
         gray = torch.zeros(rows, 1, 28, 28)  # [rows, 1, 28, 28]; rows past `indices` stay padding
         gray[:len(indices), 0] = torch.from_numpy(self.images[indices].astype(np.float32) / 255.0)
         targets = torch.full((rows,), PADDING_TARGET, dtype=torch.int64)  # [rows]
         targets[:len(indices)] = torch.from_numpy(self.labels[indices].astype(np.int64))
-        if augment is not None:
-            resized = torch.stack([augment(image) for image in gray])  # [rows, 1, H, W]
+        if augment is not None:  # training: one seed per image, no padding rows
+            resized = torch.stack([augmented(augment, image, seed) for image, seed in zip(gray, seeds, strict=True)])
         else:
             resized = v2.functional.resize(gray, [size, size], antialias=True)  # [rows, 1, H, W]
         images = resized.expand(-1, 3, -1, -1)  # [rows, 3, H, W]
         return {"images": ((images - self.mean) / self.std).contiguous(), "targets": targets}
+
+
+def augmented(augment, image: torch.Tensor, seed: int) -> torch.Tensor:
+    """`augment(image)` [1, 28, 28] -> [1, H, W], drawing from a generator seeded with `seed`."""
+    with seeded_torch_rng(seed):
+        return augment(image)
 
 
 class FashionMNISTTrainSource(OrderedTrainSource, _FashionMNISTSource):
@@ -168,12 +175,8 @@ class FashionMNISTTrainSource(OrderedTrainSource, _FashionMNISTSource):
             ])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        seed = self.order.position_seed(self.shard.rank)
-        indices = self.order.next_indices()
-        if self.augment is None:
-            return self._batch(indices, len(indices))
-        with seeded_torch_rng(seed):
-            return self._batch(indices, len(indices), self.augment)
+        indices, seeds = self.order.next_items()
+        return self._batch(indices, len(indices), self.augment, seeds)
 
 
 class FashionMNISTValSource(OrderedValidationSource, _FashionMNISTSource):

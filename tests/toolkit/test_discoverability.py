@@ -92,6 +92,8 @@ def test_yaml_syntax_errors_name_file_line_and_column(tmp_path, capsys, text, wh
     ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0"),
     ("schedule.min_lr_ratio=2", "schedule.min_lr_ratio: must be in [0, 1], got 2.0"),
     ("schedule.warmup_steps=-1", "schedule.warmup_steps: must be >= 0, got -1"),
+    ("data.seq_len=0", "data.seq_len: must be >= 1, got 0"),
+    ("loss.z_loss=-1", "loss.z_loss: must be >= 0, got -1.0"),
 ])
 def test_dry_run_runs_the_trainer_and_optimizer_checks(tmp_path, capsys, override, fragment):
     result = cli(train_cli.main_with_arguments, ["openelm/tiny", override, "--dry-run"], capsys)

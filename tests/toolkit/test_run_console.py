@@ -19,7 +19,8 @@ from helpers import EXAMPLE_RECIPE, run_command
 from toolkit.cli import train as train_cli
 from toolkit.cli.common import run_cli
 from toolkit.config import TrainerConfig
-from toolkit.engine.console import RunConsole, clock, short_count
+from toolkit.engine.console import RunConsole
+from toolkit.progress import LineProgress, clock, short_count
 
 STEP_LINE = re.compile(r"^step (\d+)/(\d+) \| loss (\S+) \| ([\d,]+) samples/s \| lr (\S+) \| eta \d+:\d\d:\d\d$")
 
@@ -134,3 +135,16 @@ def test_ranks_but_the_first_print_nothing():
 def test_counts_and_clock_read_plainly():
     assert [short_count(value) for value in (12, 1234, 4_901_504, 1.08e9)] == ["12", "1.23K", "4.90M", "1.08B"]
     assert clock(83.4) == "0:01:23" and clock(3 * 3600 + 5) == "3:00:05"
+
+
+def test_evaluation_progress_off_a_terminal_is_plain_throttled_lines():
+    now = [0.0]
+    stream = io.StringIO()
+    with LineProgress(100, initial=10, desc="samples", every_s=30, stream=stream, timer=lambda: now[0]) as bar:
+        for _ in range(9):  # 10 samples every 5 s: a line at 30 s and 60 s, and the last one
+            now[0] += 5
+            bar.update(10)
+    lines = stream.getvalue().splitlines()
+    assert lines == ["samples: 10/100 (10%)", "samples: 70/100 (70%), 2/s, eta 0:00:15",
+                     "samples: 100/100 (100%), 2/s"]
+    assert "\r" not in stream.getvalue()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -133,3 +134,39 @@ def test_a_closed_output_pipe_ends_quietly():
     process.stdout.close()  # as `| head -c 1` does
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=120) == 0 and "error" not in stderr, stderr
+
+
+def logged(run: Path, key: str) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row[key] for row in rows if key in row}
+
+
+def test_an_accepted_optimizer_change_is_trained_with_not_just_recorded(plugin_env, tmp_path):
+    # Half a run at lr 2e-2, resumed with lr 5e-3 and another weight decay: from step 10 on the
+    # schedule must be the one an uninterrupted 5e-3 run follows, and the optimizer must hold the new
+    # weight decay (the checkpoint's param groups carry the old values).
+    new = ["optim.lr=5e-3", "optim.weight_decay=0.3", "trainer.log_every=1"]
+    resumed, reference = tmp_path / "resumed", tmp_path / "reference"
+    assert train(plugin_env, resumed, "trainer.max_steps=10", "trainer.log_every=1").returncode == 0
+    result = train(plugin_env, resumed, *new, "--resume", "auto", "--accept-changes")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "lr 0.02 -> 0.005" in result.stderr and "weight_decay" in result.stderr
+    assert train(plugin_env, reference, *new).returncode == 0
+    after_resume = {step: lr for step, lr in logged(resumed, "lr").items() if step > 10}
+    assert after_resume and after_resume == {step: lr for step, lr in logged(reference, "lr").items() if step > 10}
+    def settings(run):
+        groups = torch.load(run / "step-000020" / "optimizer.pt", weights_only=True)["param_groups"]
+        return [{key: value for key, value in group.items() if key != "params"} for group in groups]
+    assert settings(resumed) == settings(reference) and settings(resumed)[0]["weight_decay"] == 0.3
+
+
+def test_a_moved_run_directory_resumes_without_accept_changes(plugin_env, tmp_path):
+    # A run that saved at step 10 and died before step 20, then moved (trainer.out_dir differs).
+    first = tmp_path / "first"
+    assert train(plugin_env, first, "trainer.keep_last=0").returncode == 0
+    shutil.rmtree(first / "step-000020")
+    moved = first.rename(tmp_path / "moved")
+    result = train(plugin_env, moved, "trainer.keep_last=0", "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step-000010" in result.stderr and "replace the checkpoint" not in result.stderr
+    assert (moved / "step-000020").is_dir()

@@ -87,13 +87,6 @@ class EpochOrder:
             self._permutation_epoch = epoch
         return self._permutation
 
-    def position_seed(self, rank: int) -> int:
-        """A seed for the randomness of the next micro-batch (augmentation): a function of the run's
-        seed, the stream position and the rank only, so a resumed run draws the same."""
-        position = self.position
-        parts = [self.seed, position.epoch, position.step, position.micro, rank]
-        return int(np.random.SeedSequence(parts).generate_state(1)[0])
-
     def next_indices(self) -> np.ndarray:
         """Item indices of this rank's next micro-batch; the position moves past it."""
         return self.next_items()[0]

@@ -21,25 +21,12 @@ from torch import nn
 from toolkit.config import TrainerConfig
 from toolkit.data.order import OrderedTrainSource, OrderedValidationSource
 from toolkit.engine.metrics import ProgressBar
+from toolkit.progress import clock, short_count
 
 
 def count_parameters(model: nn.Module) -> int:
     """Distinct parameters (a tied embedding counts once; an FSDP2 shard counts its full tensor)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def short_count(count: float) -> str:
-    """4901504 -> 4.90M, 1234 -> 1.23K, 12 -> 12."""
-    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if count >= size:
-            return f"{count / size:.2f}{suffix}"
-    return f"{count:.0f}"
-
-
-def clock(seconds: float) -> str:
-    """83.4 -> 0:01:23."""
-    whole = max(0, int(round(seconds)))
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def describe_run(parts: Any, run_dir: Path, resumed_from: Path | None, start_step: int) -> list[str]:

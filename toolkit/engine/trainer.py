@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from toolkit.engine import distributed
 from toolkit.engine.callbacks import RunInfo
 from toolkit.engine.checkpoint import write_checkpoint
 from toolkit.engine.console import RunConsole, describe_run
+from toolkit.engine.hyperparameters import recipe_groups, restore_recipe_hyperparameters
 from toolkit.engine.loop import StepContext, default_train_step, move_to, run_autocast
 from toolkit.engine.metrics import MetricsLog, measure_peak_flops
 from toolkit.engine.state import ModelWeights, OptimizerState, Progress, StateOf, load_states, save_states
@@ -89,8 +91,13 @@ class Trainer:
         # restored RNG streams are the last thing set before training continues.
         self.peak_flops = self.config.peak_flops or measure_peak_flops(self.context.device, self.config.precision)
         if resume_from is not None:  # restored (and so checked) before the run directory is touched
+            wanted = recipe_groups(self.parts.optimizer)
             load_states(resume_from, self.states)
             self.last_checkpoint = resume_from
+            changed = restore_recipe_hyperparameters(self.parts.optimizer, self.parts.scheduler, wanted)
+            if changed and self.context.is_main:  # only a resume with --accept-changes gets here
+                print(f"note: the recipe's optimizer settings replace the checkpoint's: {', '.join(changed)}",
+                      file=sys.stderr)
         self.resumed_from = resume_from
         self.console = RunConsole(self.config, self.context.is_main, self.item_unit)
         if self.context.is_main:

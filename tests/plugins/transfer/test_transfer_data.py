@@ -64,17 +64,23 @@ def test_batches_have_the_documented_shapes_and_types(fashion_root):
     assert torch.allclose(pixels[:, 0], pixels[:, 1], atol=1e-5)  # gray repeated to 3 channels
 
 
-def test_global_batch_is_the_same_for_any_world_size_and_accumulation(fashion_root):
-    # One process with grad_accum 2 sees exactly what ranks 0 and 1 with grad_accum 1 see.
-    _, single = _batches(fashion_root, ShardInfo(0, 1, seed=7, grad_accum=2), 6)
-    _, rank0 = _batches(fashion_root, ShardInfo(0, 2, seed=7), 3)
-    _, rank1 = _batches(fashion_root, ShardInfo(1, 2, seed=7), 3)
+@pytest.mark.parametrize("augment", [False, True])
+def test_global_batch_is_the_same_for_any_world_size_and_accumulation(fashion_root, augment):
+    # One process with grad_accum 2 sees exactly what ranks 0 and 1 with grad_accum 1 see, crops and
+    # flips included (each image's augmentation is seeded by its place in the epoch).
+    _, single = _batches(fashion_root, ShardInfo(0, 1, seed=7, grad_accum=2), 6, augment=augment)
+    _, rank0 = _batches(fashion_root, ShardInfo(0, 2, seed=7), 3, augment=augment)
+    _, rank1 = _batches(fashion_root, ShardInfo(1, 2, seed=7), 3, augment=augment)
     for step in range(3):
         split = torch.cat([rank0[step]["targets"], rank1[step]["targets"]])
         accumulated = torch.cat([single[2 * step]["targets"], single[2 * step + 1]["targets"]])
         assert torch.equal(split, accumulated)
         assert torch.equal(torch.cat([rank0[step]["images"], rank1[step]["images"]]),
                            torch.cat([single[2 * step]["images"], single[2 * step + 1]["images"]]))
+    if augment:  # the augmentation did change the pixels
+        _, plain = _batches(fashion_root, ShardInfo(0, 1, seed=7, grad_accum=2), 1)
+        assert not torch.equal(plain[0]["images"], single[0]["images"])
+        return
     # 40 images, global batch 8: the 6 micro-batches (24 images) lie within epoch 0, no image twice.
     first_epoch = torch.cat([batch["images"][:, 0, 0, 0] for batch in single])
     assert len(set(first_epoch.tolist())) == len(first_epoch) == 24
