@@ -6,4 +6,8 @@ bash scripts/setup.sh
 PYTHON="${PYTHON:-python3}"
 # A cache of its own, so the suite never depends on what an earlier run left behind.
 export TOOLKIT_CACHE="${TOOLKIT_CACHE:-$(mktemp -d)/toolkit-cache}"
-exec "$PYTHON" -m pytest -q "$@"
+# Two pytest workers (pytest-xdist), one thread each: most tests are subprocesses that spend their
+# time starting Python and torch, so two of them at once use both cores without oversubscribing.
+# TEST_WORKERS=0 runs in one process; arguments after the script go to pytest.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec "$PYTHON" -m pytest -q -n "${TEST_WORKERS:-2}" "$@"
