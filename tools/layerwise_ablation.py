@@ -229,7 +229,7 @@ def markdown(summary: dict, command: str) -> str:
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f}"
         lines.append(f"| {r['arm']} seed {r['seed']} | {r['val_loss']:.4f} | {r['val_ce']:.4f} | {wall} |")
     for metric, entry in summary["metrics"].items():
-        lines += ["", f"**{metric}** ({summary['difference']})", ""]
+        lines += ["", f"**{metric}**, difference {summary['difference']}", ""]
         for arm in ARMS:
             stats = entry[arm]
             spread = "" if stats["std"] is None else f" ± {stats['std']:.4f} (std)"
