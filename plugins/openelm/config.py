@@ -47,7 +47,9 @@ class OpenELMConfig:
     """An OpenELM decoder. The defaults are a small model that trains on a laptop CPU in minutes.
 
     `num_query_heads`, `num_kv_heads` and `ffn_dim` override the layer-wise rule with uniform
-    widths (a LLaMA-shaped model); otherwise the multipliers decide each layer's widths.
+    widths (a LLaMA-shaped model); otherwise the multipliers decide each layer's widths. Each one
+    overrides only its own width, so setting all three gives every layer the same shape (the
+    `openelm/tiny_uniform` recipe: the control arm of tools/layerwise_ablation.py).
     """
 
     vocab_size: int = 4096
@@ -75,6 +77,9 @@ class OpenELMConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("num_query_heads", "num_kv_heads", "ffn_dim"):  # the uniform overrides, when set
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive when set, got {getattr(self, name)}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         for name in ("qkv_multipliers", "ffn_multipliers"):
