@@ -69,43 +69,47 @@ def reduce_over_ranks(values: list[float], device: torch.device, op: str) -> lis
     return tensor.tolist()
 
 
+def measure_steps(trainer: Any, total_steps: int) -> dict[str, Any]:
+    """Train `total_steps` bare steps of a built trainer; rank 0's raw figures (every rank calls it)."""
+    context = trainer.context
+    batches = iter(trainer.parts.train_data)
+    seconds, tokens, losses, flops = [], [], [], []
+    for _ in range(total_steps):
+        synchronize(context.device)
+        started = time.perf_counter()
+        summary = trainer.run_step(batches)
+        synchronize(context.device)  # the optimizer step after the loss is read is queued work
+        seconds.append(time.perf_counter() - started)
+        tokens.append(summary["items"])
+        losses.append(summary["loss"])
+        flops.append(summary["flops"])
+    seconds = reduce_over_ranks(seconds, context.device, "max")  # a step lasts as long as its slowest rank
+    memory, memory_kind = peak_memory_mb(context.device)
+    memory = reduce_over_ranks([memory], context.device, "max")[0]
+    measured_peak = reduce_over_ranks([trainer.peak_flops], context.device, "sum")[0] / context.world_size
+    module = trainer.models.trained[0].module
+    return {
+        "status": "ok", "world_size": context.world_size,
+        "device_name": torch.cuda.get_device_name(context.device) if context.device.type == "cuda" else "cpu",
+        "precision": trainer.config.precision.value,
+        "parameters": sum(p.numel() for p in {id(p): p for p in module.parameters()}.values()),
+        "step_seconds": seconds, "step_tokens": tokens, "losses": losses,
+        "flops_per_token": flops[-1] / tokens[-1] if tokens[-1] else 0.0,
+        "peak_memory_mb": memory, "memory_kind": memory_kind,
+        "measured_peak_flops_per_device": measured_peak,
+    }
+
+
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    """Build the spec's run, train `spec["total_steps"]` bare steps, return rank 0's raw figures."""
-    from toolkit.assembly import assemble
-    from toolkit.engine.trainer import Trainer
+    """Build the spec's run as toolkit-train would, measure `spec["total_steps"]` steps, leave the group."""
+    from toolkit.assembly import build_trainer
     from toolkit.plugins import get_registries
     from toolkit.recipe import load_recipe
 
     recipe = load_recipe(spec["recipe"], spec["overrides"], get_registries())
-    trainer = Trainer(assemble(recipe))  # measures the matmul peak when trainer.peak_flops is 0
+    trainer = build_trainer(recipe)  # measures the matmul peak when trainer.peak_flops is 0
     try:
-        context = trainer.context
-        batches = iter(trainer.parts.train_data)
-        seconds, tokens, losses, flops = [], [], [], []
-        for _ in range(spec["total_steps"]):
-            synchronize(context.device)
-            started = time.perf_counter()
-            summary = trainer.run_step(batches)
-            synchronize(context.device)  # the optimizer step after the loss is read is queued work
-            seconds.append(time.perf_counter() - started)
-            tokens.append(summary["items"])
-            losses.append(summary["loss"])
-            flops.append(summary["flops"])
-        seconds = reduce_over_ranks(seconds, context.device, "max")  # a step lasts as long as its slowest rank
-        memory, memory_kind = peak_memory_mb(context.device)
-        memory = reduce_over_ranks([memory], context.device, "max")[0]
-        measured_peak = reduce_over_ranks([trainer.peak_flops], context.device, "sum")[0] / context.world_size
-        module = trainer.models.trained[0].module
-        return {
-            "status": "ok", "world_size": context.world_size,
-            "device_name": torch.cuda.get_device_name(context.device) if context.device.type == "cuda" else "cpu",
-            "precision": recipe.trainer.precision.value,
-            "parameters": sum(p.numel() for p in {id(p): p for p in module.parameters()}.values()),
-            "step_seconds": seconds, "step_tokens": tokens, "losses": losses,
-            "flops_per_token": flops[-1] / tokens[-1] if tokens[-1] else 0.0,
-            "peak_memory_mb": memory, "memory_kind": memory_kind,
-            "measured_peak_flops_per_device": measured_peak,
-        }
+        return measure_steps(trainer, spec["total_steps"])
     finally:
         trainer.close()
 

@@ -116,11 +116,14 @@ def free_port() -> int:
         return handle.getsockname()[1]
 
 
-def launch_with_torchrun(cell_dir: Path, nproc: int, timeout_s: float) -> dict[str, Any]:
-    """Run the cell's ranks under torchrun; its result, or {status, reason} when it failed."""
+def launch_with_torchrun(cell_dir: Path, nproc: int, timeout_s: float,
+                         program: tuple[str, ...] = ("-m", "toolkit.bench.cell")) -> dict[str, Any]:
+    """Run the cell's ranks under torchrun; its result, or {status, reason} when it failed.
+
+    `program` is what each rank runs with CELL_DIR as its argument (a test passes a script of its
+    own that writes the same files)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "toolkit.bench.cell", str(cell_dir)]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *program, str(cell_dir)]
     log_path = cell_dir / "torchrun.log"
     with open(log_path, "w") as log:
         # A session of its own, so that a timeout (or Ctrl-C here) ends torchrun and every rank.
