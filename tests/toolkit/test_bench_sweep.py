@@ -251,3 +251,23 @@ def test_out_of_memory_errors_are_classified_as_oom():
     assert cell_worker.classify(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))[0] == "oom"
     assert cell_worker.classify(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"))[0] == "oom"
     assert cell_worker.classify(RuntimeError("shape mismatch\nsecond line")) == ("failed", "RuntimeError: shape mismatch second line")
+
+
+def test_the_shipped_sweeps_are_listed_and_valid(capsys):
+    listed = cli(["--list-sweeps"], capsys)
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["openelm/bench/cpu", "openelm/bench/paper_gpu"]
+    registries = get_registries()
+    cpu = read_sweep(bench_cli.find_sweep("openelm/bench/cpu", registries))
+    assert len(prepare_cells(cpu, registries)) == 18 and {cell.nproc for cell in cpu.cells()} == {2}
+    paper = read_sweep(bench_cli.find_sweep("openelm/bench/paper_gpu", registries), device="A100-40GB")
+    # 4 sizes x 2 attentions x 5 batches x (3 strategies on 2, 4, 8 GPUs + 1 unwrapped on 1 GPU)
+    assert len(paper.cells()) == 400 and paper.prices["A100-40GB"] == 1.0
+
+
+def test_toolkit_train_points_a_sweep_file_at_toolkit_bench(capsys):
+    from toolkit.cli import train as train_cli
+
+    code = run_cli(train_cli.main_with_arguments, ["openelm/bench/cpu.yaml", "--dry-run"])
+    result = subprocess.CompletedProcess([], code, "", capsys.readouterr().err)
+    assert_one_line_error(result, "a toolkit-bench sweep, not a recipe", "run it with toolkit-bench")
