@@ -158,7 +158,7 @@ def cell_row(sweep: Sweep, prepared: PreparedCell, outcome: dict[str, Any]) -> d
                            "precision": prepared.precision, "repeats": sweep.repeats,
                            "peak_tflops_per_device": peak / 1e12, "price_per_hour_per_device": price,
                            "loss_token_budget": sweep.loss_token_budget or None}
-    row[NPROC_AXIS] = cell.nproc
+    row[NPROC_AXIS] = cell.nproc  # the count, where an `nproc` axis label put its text
     if outcome.get("status") != "ok":
         row.update(status=outcome.get("status", "failed"), reason=outcome.get("reason", "no reason given"))
         return row
