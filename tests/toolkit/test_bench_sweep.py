@@ -245,6 +245,32 @@ def test_a_launch_that_dies_without_a_word_is_recorded_with_its_last_line(tmp_pa
     assert outcome == {"status": "failed", "reason": "torchrun exited 139: Segmentation fault"}
 
 
+def test_the_first_ranks_failure_is_the_reason_and_an_oom_beats_the_others(tmp_path, monkeypatch):
+    def report(rank, status, reason, date):
+        text = json.dumps({"status": status, "reason": reason})
+        return f"echo '{text}' > {tmp_path / cell_worker.failure_file(rank)}; touch -d '{date}' {tmp_path / cell_worker.failure_file(rank)}"
+
+    # rank 1 failed first; rank 0 failed after it, in the collective it was waiting in
+    fake_interpreter(tmp_path, monkeypatch, "\n".join([
+        report(0, "failed", "RuntimeError: Connection closed by peer", "2026-01-01 10:00:05"),
+        report(1, "failed", "ValueError: the first cause", "2026-01-01 10:00:01"), "exit 1"]))
+    assert launch_with_torchrun(tmp_path, 2, 60) == {"status": "failed", "reason": "ValueError: the first cause"}
+    fake_interpreter(tmp_path, monkeypatch, "\n".join([
+        report(0, "failed", "RuntimeError: Connection closed by peer", "2026-01-01 10:00:01"),
+        report(1, "oom", "OutOfMemoryError: CUDA out of memory", "2026-01-01 10:00:05"), "exit 1"]))
+    assert launch_with_torchrun(tmp_path, 2, 60) == {"status": "oom", "reason": "OutOfMemoryError: CUDA out of memory"}
+
+
+def test_a_rank_killed_by_a_signal_is_named_as_such(tmp_path, monkeypatch):
+    # the tail of torchrun's report when a rank is killed (the out-of-memory killer sends SIGKILL)
+    report = ["[1]:", "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 4242)",
+              "  traceback : Signal 9 (SIGKILL) received by PID 4242", "=" * 40]
+    fake_interpreter(tmp_path, monkeypatch, "\n".join(f"echo '{line}'" for line in report) + "\nexit 1")
+    outcome = launch_with_torchrun(tmp_path, 2, 60)
+    assert outcome == {"status": "failed", "reason": "torchrun exited 1: a rank (pid 4242) was killed by SIGKILL "
+                                                       "(the out-of-memory killer, or a kill)"}
+
+
 def test_a_cell_past_its_timeout_is_stopped_with_its_processes(tmp_path, monkeypatch):
     marker = tmp_path / "child-finished"
     # A child of the launched process, as torchrun's ranks are: it must be killed too.

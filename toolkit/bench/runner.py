@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -141,12 +142,25 @@ def launch_with_torchrun(cell_dir: Path, nproc: int, timeout_s: float,
     result_path = cell_dir / cell_worker.RESULT_FILE
     if code == 0 and result_path.exists():
         return json.loads(result_path.read_text())
-    for rank in range(nproc):  # the first rank that said why
-        failure = cell_dir / cell_worker.failure_file(rank)
-        if failure.exists():
-            return json.loads(failure.read_text())
-    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-    return {"status": "failed", "reason": f"torchrun exited {code}: {lines[-1][:300] if lines else 'no output'}"}
+    failures = [path for rank in range(nproc) if (path := cell_dir / cell_worker.failure_file(rank)).exists()]
+    if failures:
+        # The cause, not its echo: when one rank fails, the others fail next in their collectives
+        # ("connection closed"), so an out-of-memory report wins, then the one written first.
+        reports = [(json.loads(path.read_text()), path.stat().st_mtime_ns) for path in failures]
+        return min(reports, key=lambda item: (item[0].get("status") != "oom", item[1]))[0]
+    return {"status": "failed", "reason": f"torchrun exited {code}: {last_words(log_path.read_text(errors='replace'))}"}
+
+
+def last_words(log: str) -> str:
+    """Why a launch died when no rank could say: a rank killed by a signal (SIGKILL is most often
+    the kernel's out-of-memory killer), else the log's last line that is not a rule."""
+    killed = re.findall(r"Signal (\d+) \((SIG[A-Z]+)\) received by PID (\d+)", log)
+    if killed:
+        number, name, pid = killed[-1]
+        hint = " (the out-of-memory killer, or a kill)" if name == "SIGKILL" else ""
+        return f"a rank (pid {pid}) was killed by {name}{hint}"
+    lines = [line.strip() for line in log.splitlines() if line.strip().strip("=-")]
+    return lines[-1][:300] if lines else "no output"
 
 
 def cell_row(sweep: Sweep, prepared: PreparedCell, outcome: dict[str, Any]) -> dict[str, Any]:
