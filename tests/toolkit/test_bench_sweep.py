@@ -194,6 +194,9 @@ def test_the_four_figures_are_drawn_from_the_csv(tmp_path, capsys):
     assert plotted.stdout.splitlines() == [f"wrote {tmp_path / 'plots' / 'figures' / name}"
                                            for name in ("attention.png", "strategy.png", "memory.png", "devices.png")]
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in written)
+    one_count = [row for row in figures.read_rows([results]) if row["nproc"] == "2"]
+    assert figures.strategy_axis(one_count) == figures.BATCH  # one process count: strategies by batch
+    assert figures.strategy_axis(figures.read_rows([results])) == figures.NPROC
     best = figures.best_points(figures.read_rows([results]), figures.MODEL, figures.STRATEGY, figures.NPROC)
     assert sorted(best["all"]) == ["-", "ddp", "fsdp_grad_op"]
     # DDP on 2 ranks, best over batch 2 and 4: batch 4's 128 tokens per 1-second step at 2 x $0.36/h

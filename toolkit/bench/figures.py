@@ -7,7 +7,8 @@ best cell over the axes the figure does not show (the most Token/$):
    implementation (`model.attention`): where FlashAttention-style kernels pay.
 2. devices.png: the best Token/$ of each device per model size (bars): the cheapest hardware.
 3. strategy.png: Token/$ against processes (`nproc`), a line per `strategy` (DDP, FSDP full,
-   FSDP gradients and optimizer state).
+   FSDP gradients and optimizer state); against the per-device batch when every cell has the
+   same number of processes.
 4. memory.png: Token/$ against peak memory per device, a point per batch size: whether cost
    efficiency saturates before memory is full.
 
@@ -60,6 +61,11 @@ def best_points(rows: list[dict[str, str]], panel: str, line: str, x: str) -> di
     return grouped
 
 
+def strategy_axis(rows: list[dict[str, str]]) -> str:
+    """The strategy figure's x: processes, or the per-device batch when every cell has one count."""
+    return NPROC if len({row.get(NPROC) for row in rows}) > 1 else BATCH
+
+
 def draw_figures(paths: list[Path], out_dir: Path) -> list[Path]:
     """The four PNGs in out_dir (those the CSVs have data for); their paths."""
     try:
@@ -75,8 +81,12 @@ def draw_figures(paths: list[Path], out_dir: Path) -> list[Path]:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, line, x, xlabel in (("attention", ATTENTION, BATCH, "per-device batch (sequences)"),
-                                  ("strategy", STRATEGY, NPROC, "processes (devices)"),
+    batch_label = "per-device batch (sequences)"
+    # Strategies against the number of devices, or against the batch when a sweep has one count.
+    strategy_x = strategy_axis(rows)
+    strategy_label = "processes (devices)" if strategy_x == NPROC else batch_label
+    for name, line, x, xlabel in (("attention", ATTENTION, BATCH, batch_label),
+                                  ("strategy", STRATEGY, strategy_x, strategy_label),
                                   ("memory", BATCH, "peak_memory_mb", "peak memory per device (MB)")):
         if name == "memory":  # one point per cell: no best-of over memory values
             grouped = best_points(rows, MODEL, line, "peak_memory_mb")
