@@ -46,6 +46,11 @@ def _number(text: str) -> float | str:
         return text
 
 
+def _order(value: float | str) -> tuple[bool, float | str]:
+    """Numbers first, in numeric order (batch 4 before 16), then labels."""
+    return isinstance(value, str), value
+
+
 def best_points(rows: list[dict[str, str]], panel: str, line: str, x: str) -> dict[str, dict[str, list]]:
     """panel -> line -> sorted [(x, best Token/$ there)]."""
     best: dict[tuple[str, str, object], float] = {}
@@ -57,7 +62,7 @@ def best_points(rows: list[dict[str, str]], panel: str, line: str, x: str) -> di
         grouped[panel_value][line_value].append((x_value, value))
     for lines in grouped.values():
         for points in lines.values():
-            points.sort(key=lambda point: (isinstance(point[0], str), point[0]))
+            points.sort(key=lambda point: _order(point[0]))
     return grouped
 
 
@@ -94,7 +99,7 @@ def draw_figures(paths: list[Path], out_dir: Path) -> list[Path]:
             grouped = best_points(rows, MODEL, line, x)
         figure, axes = plt.subplots(1, len(grouped), figsize=(4.5 * len(grouped), 3.6), squeeze=False)
         for axis, (panel_value, lines) in zip(axes[0], sorted(grouped.items())):
-            for line_value, points in sorted(lines.items()):
+            for line_value, points in sorted(lines.items(), key=lambda item: _order(_number(item[0]))):
                 xs, ys = zip(*points)
                 style = "o" if name == "memory" else "o-"
                 axis.plot([str(v) if isinstance(v, str) else v for v in xs], ys, style, label=f"{line}={line_value}")
