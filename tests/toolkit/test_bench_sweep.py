@@ -308,3 +308,18 @@ def test_toolkit_train_points_a_sweep_file_at_toolkit_bench(capsys):
     code = run_cli(train_cli.main_with_arguments, ["openelm/bench/cpu.yaml", "--dry-run"])
     result = subprocess.CompletedProcess([], code, "", capsys.readouterr().err)
     assert_one_line_error(result, "a toolkit-bench sweep, not a recipe", "run it with toolkit-bench")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_cells_are_a_progress_bar_with_a_line_per_cell_above_it(tmp_path):
+    sweep = read_sweep(write_sweep(tmp_path, grid={"data.batch_size": [2, 4], "nproc": [2]}))
+    prepared = prepare_cells(sweep, get_registries())
+    stream = Terminal()
+    run_sweep(sweep, prepared, tmp_path / "out", CellProgress(stream), launcher=FakeLauncher(prepared))
+    text = stream.getvalue()
+    assert "cell 1/2 data.batch_size=2;nproc=2: 64 tok/s" in text and "cell 2/2 data.batch_size=4;nproc=2" in text
+    assert "2/2 [" in text and "\r" in text  # tqdm's redrawn bar, at its end
