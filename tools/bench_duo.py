@@ -39,7 +39,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--oracle-sequences", type=int, default=64)
-    parser.add_argument("--oracle-chunk", type=int, default=8, help="sequences scored together by the oracle")
+    parser.add_argument("--oracle-chunk", type=int, default=2, help="sequences scored together by the oracle")
+    parser.add_argument("--oracle-precision", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     return parser.parse_args()
 
@@ -114,15 +115,15 @@ def bench_overhead(model: DuoOpenELM, batch: int, seq: int, repeats: int) -> dic
             "random_all_big_overhead_percent": 100 * (times["duo_random_all_big"] / times["plain"] - 1)}
 
 
-def bench_oracle(model: DuoOpenELM, sequences: int, seq: int, chunk: int) -> dict:
+def bench_oracle(model: DuoOpenELM, sequences: int, seq: int, chunk: int, precision: str) -> dict:
     from plugins.duo.oracle import OracleSearchConfig, search
 
     token_ids = torch.randint(0, model.config.vocab_size, (sequences, seq + 1), generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
-    result = search(model, token_ids[:, :-1], token_ids[:, 1:], OracleSearchConfig(chunk_sequences=chunk))
+    result = search(model, token_ids[:, :-1], token_ids[:, 1:], OracleSearchConfig(chunk_sequences=chunk, precision=precision))
     seconds = time.perf_counter() - start
     return {"oracle_patterns": result.num_patterns, "oracle_sequences": sequences, "oracle_seq": seq,
-            "oracle_seconds": seconds}
+            "oracle_precision": precision, "oracle_seconds": seconds, "oracle_seconds_per_sequence": seconds / sequences}
 
 
 def main() -> None:
@@ -143,7 +144,8 @@ def main() -> None:
         figures.update(bench_overhead(model, arguments.batch, arguments.seq, arguments.repeats))
         print({key: round(value, 2) for key, value in figures.items() if "overhead" in key})
     if "oracle" in arguments.parts:
-        figures.update(bench_oracle(model, arguments.oracle_sequences, arguments.seq, arguments.oracle_chunk))
+        figures.update(bench_oracle(model, arguments.oracle_sequences, arguments.seq, arguments.oracle_chunk,
+                                    arguments.oracle_precision))
         print(f"oracle: {figures['oracle_patterns']} patterns x {arguments.oracle_sequences} sequences in "
               f"{figures['oracle_seconds']:.1f} s")
     print(json.dumps(figures))
