@@ -107,10 +107,22 @@ def bench_overhead(model: DuoOpenELM, batch: int, seq: int, repeats: int) -> dic
             model(token_ids)
         return step
 
+    hidden = torch.zeros(batch, seq, model.config.model_dim)
+
+    def decisions_of(router):
+        # What routing adds to a forward: each layer's decision and the per-FFN token count.
+        def step():
+            for layer in range(model.config.num_layers):
+                (router.route(layer, hidden).choices.reshape(-1) == BIG).nonzero()
+        return step
+
     with torch.inference_mode():
         times = median_times({"plain": lambda: plain(token_ids), "duo_fixed_all_big": duo_with(fixed),
                               "duo_random_all_big": duo_with(random_all_big)}, repeats)
+        decisions = median_times({"fixed": decisions_of(fixed), "random": decisions_of(random_all_big)}, repeats)
     return {"plain_forward_s": times["plain"],
+            "fixed_decisions_percent_of_plain": 100 * decisions["fixed"] / times["plain"],
+            "random_decisions_percent_of_plain": 100 * decisions["random"] / times["plain"],
             "fixed_all_big_overhead_percent": 100 * (times["duo_fixed_all_big"] / times["plain"] - 1),
             "random_all_big_overhead_percent": 100 * (times["duo_random_all_big"] / times["plain"] - 1)}
 
@@ -142,7 +154,7 @@ def main() -> None:
         print({key: round(value, 3) for key, value in figures.items() if "speedup" in key})
     if "overhead" in arguments.parts:
         figures.update(bench_overhead(model, arguments.batch, arguments.seq, arguments.repeats))
-        print({key: round(value, 2) for key, value in figures.items() if "overhead" in key})
+        print({key: round(value, 2) for key, value in figures.items() if "overhead" in key or "decisions" in key})
     if "oracle" in arguments.parts:
         figures.update(bench_oracle(model, arguments.oracle_sequences, arguments.seq, arguments.oracle_chunk,
                                     arguments.oracle_precision))
