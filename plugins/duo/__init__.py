@@ -6,6 +6,8 @@ Registers
     models  `duo-openelm`, `duo-openelm-tiny`  OpenELM blocks with a small FFN beside each big one,
                                    routed by one of the routers (plugins.duo.model)
     task    `duo_lm`               causal LM loss plus the router's budget loss (plugins.duo.task)
+    evaluator `duo_analysis`       loss per budget: oracle, best-of-N random, all-small, all-big,
+                                   the model's own router; a PNG (plugins.duo.analysis)
     recipes under `duo/`           `duo/tiny.yaml`: random-routing training on the built-in corpus
 
 and provides `python -m plugins.duo.oracle` (exhaustive or beam search over routing patterns
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from plugins.duo.analysis import DuoAnalysisConfig, build_duo_analysis
 from plugins.duo.model import DuoConfig, DuoOpenELM, DuoTinyConfig, build_duo_openelm
 from plugins.duo.routers import (
     FixedRouterConfig,
@@ -52,6 +55,11 @@ def register_models(register):
 @hookimpl
 def register_tasks(register):
     register("duo_lm", build_duo_lm, config=DuoLMConfig)
+
+
+@hookimpl
+def register_evaluators(register):
+    register("duo_analysis", build_duo_analysis, config=DuoAnalysisConfig)
 
 
 @hookimpl
