@@ -111,3 +111,19 @@ def test_toolkit_train_refuses_a_router_that_does_not_fit_and_writes_nothing(tmp
                                                    "model.router_options={target_big: 1.5}", f"trainer.out_dir={out_dir}"])
     assert_error_output(code, capsys.readouterr().err, "model.router_options", "target_big must be in [0, 1], got 1.5")
     assert_unchanged(before, tmp_path)
+
+
+def test_random_routes_repeat_after_the_engine_restores_its_rng_state(token_ids):
+    from toolkit.engine import rng
+
+    duo = tiny_duo("random").train()
+    torch.manual_seed(11)
+    duo(token_ids)
+    saved = rng.capture()  # what a checkpoint stores
+    duo(token_ids)
+    expected = duo.last_choices()
+    torch.manual_seed(99)  # a fresh process would be elsewhere...
+    rng.restore(saved)  # ...until resume restores the state
+    duo(token_ids)
+    assert torch.equal(duo.last_choices(), expected)
+    assert len(expected.unique()) == 3
