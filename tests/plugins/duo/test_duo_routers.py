@@ -127,3 +127,12 @@ def test_random_routes_repeat_after_the_engine_restores_its_rng_state(token_ids)
     duo(token_ids)
     assert torch.equal(duo.last_choices(), expected)
     assert len(expected.unique()) == 3
+
+
+def test_the_tiny_recipe_dry_runs_with_a_learned_router(tmp_path, capsys):
+    code = run_cli(train_cli.main_with_arguments, ["duo/tiny.yaml", "--dry-run", "model.router=learned",
+                                                   f"trainer.out_dir={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "layer  5: query heads   8, kv heads  2, ffn dim  1024" in out and "small ffn dim 64" in out
+    assert not (tmp_path / "run").exists()
