@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from plugins.duo.routed_ffn import routed_ffn
-from plugins.duo.routers import BIG, Router, make_router
+from plugins.duo.routers import BIG, SMALL, Router, make_router
 from plugins.openelm.config import LayerWidths, OpenELMConfig
 from plugins.openelm.kv_cache import KVCache
 from plugins.openelm.model import Block, FeedForward, OpenELM
@@ -126,6 +126,21 @@ class DuoOpenELM(OpenELM):
     def big_share(self) -> torch.Tensor:
         """Share of (layer, token) pairs of the last forward that used the big FFN (a 0-d tensor)."""
         return (self.last_choices() == BIG).float().mean()
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """OpenELM's count with each FFN weighted by the share of tokens the last forward sent to it.
+
+        The parent counts every parameter for every token; a routed token runs one FFN or none.
+        (A learned router in training runs both FFNs densely; this counts the routed cost.)
+        """
+        total = super().flops_per_token(seq_len)
+        if any(choices is None for choices in self.routing.choices):
+            return total  # no forward yet: every FFN counted
+        for layer, choices in zip(self.layers, self.routing.choices):
+            for code, ffn in ((BIG, layer.ffn), (SMALL, layer.small_ffn)):
+                unused = 1.0 - (choices == code).float().mean().item()
+                total -= 6 * unused * sum(parameter.numel() for parameter in ffn.parameters())
+        return total
 
     def layer_summary(self) -> list[str]:
         lines = super().layer_summary()

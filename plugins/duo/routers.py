@@ -88,9 +88,9 @@ class RandomRouterConfig:
     Each list has one value (every layer) or one per layer; at each layer the three must sum to 1.
     """
 
-    big: list[float] = field(default_factory=lambda: [0.5])
-    small: list[float] = field(default_factory=lambda: [0.25])
-    skip: list[float] = field(default_factory=lambda: [0.25])
+    big: list[float] = field(default_factory=lambda: [0.5])  # probability of the big FFN
+    small: list[float] = field(default_factory=lambda: [0.25])  # probability of the small FFN
+    skip: list[float] = field(default_factory=lambda: [0.25])  # probability of no FFN
 
     def __post_init__(self) -> None:
         for name in ("big", "small", "skip"):
@@ -132,7 +132,7 @@ class RandomRouter(Router):
 class FixedRouterConfig:
     """`router: fixed`: one choice per layer (big, small or skip) for every token."""
 
-    pattern: list[str] = field(default_factory=lambda: ["big"])
+    pattern: list[str] = field(default_factory=lambda: ["big"])  # one of big / small / skip per layer
 
     def __post_init__(self) -> None:
         for index, name in enumerate(self.pattern):

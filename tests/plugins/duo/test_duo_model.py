@@ -107,3 +107,13 @@ def test_the_kv_cache_generator_works_with_every_router(token_ids, tmp_path):
     first = generate(duo, prompt, 6)
     torch.manual_seed(5)
     assert torch.equal(first, generate(duo, prompt, 6)) and first.shape == (2, 11)
+
+
+def test_flops_count_only_the_ffns_the_tokens_were_routed_to(token_ids):
+    duo = route_all(tiny_duo(), "big")
+    plain = OpenELM(OpenELMConfig(**PLAIN))
+    duo(token_ids)
+    assert duo.flops_per_token(12) == plain.flops_per_token(12)
+    route_all(duo, "skip")(token_ids)
+    ffn_parameters = sum(p.numel() for layer in plain.layers for p in layer.ffn.parameters())
+    assert duo.flops_per_token(12) == plain.flops_per_token(12) - 6 * ffn_parameters
