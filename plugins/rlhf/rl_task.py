@@ -19,8 +19,9 @@ non-finite reward skips the step's updates and is reported (`reward_nonfinite`).
 
 Logged each step: reward, kl_ref and kl_sft (per-sequence sums), kl_coef, response_tokens and
 the time split generate_s / score_s / update_s. Single process (the document-masked forward
-needs the plain models); fixed-coefficient runs resume bit-exactly, the adaptive coefficient is
-not yet part of the checkpoint.
+needs the plain models). The KL coefficient is the task's own checkpointed state
+(`task_state.json`, toolkit.capabilities.TaskState), so runs resume bit-exactly, adaptive
+coefficient included.
 """
 
 from __future__ import annotations
@@ -246,6 +247,13 @@ class RLTask:
         self.kl.update(logged.get("kl_ref", 0.0), len(scores.values))
         context.log(reward=scores.values.mean().item(), **logged, score_s=advantaged - generated,
                     update_s=time.perf_counter() - advantaged)
+
+    def task_state_dict(self) -> dict[str, Any]:
+        """toolkit.capabilities.TaskState: the KL controller (its adapted coefficient)."""
+        return {"kl_controller": self.kl.state_dict()}
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl.load_state_dict(state["kl_controller"])
 
     def training_step(self, models: Mapping[str, nn.Module], batch: Any) -> StepOutput:
         raise TrainingError("task 'rl' runs its own loop (train_step); training_step is not used")

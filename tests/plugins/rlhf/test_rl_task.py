@@ -149,6 +149,29 @@ def test_a_resumed_ppo_run_matches_an_uninterrupted_one_bit_for_bit(ppo_run, sft
     assert len(rewards[ppo_run]) == 2 and rewards[resumed] == rewards[ppo_run][1:]  # a fresh log from step 2 on
 
 
+ADAPTIVE = ["task.kl_target=1.0", "task.kl_horizon=4"]  # 4 samples a step: the coefficient moves its full 20%
+
+
+def test_a_resumed_adaptive_kl_run_matches_an_uninterrupted_one_bit_for_bit(sft_run, gsm_dir, self_soup, tmp_path):
+    whole = rl_run(tmp_path / "whole", sft_run, gsm_dir, self_soup, *CHECKPOINT_EACH_STEP, *ADAPTIVE)
+    # Step 1's KL to the reference (the policy itself) is 0, far below the target: the coefficient
+    # shrinks by the full clipped step, and the checkpoint keeps it.
+    adapted = 0.05 * (1.0 + -0.2 * 4 / 4)
+    state = json.loads((whole / "step-000001" / "task_state.json").read_text())
+    assert state == {"kl_controller": {"coef": adapted}}
+    resumed = rl_run(tmp_path / "resumed", sft_run, gsm_dir, self_soup, *CHECKPOINT_EACH_STEP, *ADAPTIVE,
+                     "--resume", str(whole / "step-000001"), "--accept-changes")
+    figures = ("step", "reward", "kl_sft", "kl_ref", "kl_coef", "policy_loss", "value_loss")
+    steps = {run: [tuple(r[key] for key in figures) for r in records(run) if "reward" in r] for run in (whole, resumed)}
+    assert [step[4] for step in steps[whole]] == [0.05, adapted]
+    assert steps[resumed] == steps[whole][1:]  # step 2 exactly as the uninterrupted run had it
+    assert steps[whole][1][3] != 0.0  # the coefficient acted on step 2's penalty
+    for name in ("model-policy.safetensors", "model-value.safetensors"):
+        expected, actual = load_weights(whole / "step-000002" / name), load_weights(resumed / "step-000002" / name)
+        assert all(torch.equal(expected[key], actual[key]) for key in expected), name
+    assert (resumed / "step-000002" / "task_state.json").read_text() == (whole / "step-000002" / "task_state.json").read_text()
+
+
 @pytest.mark.parametrize("recipe", ["sft_a", "sft_b", "reward", "ppo", "salsa"])
 def test_the_shipped_recipes_are_valid(recipe):
     load_recipe(f"rlhf/{recipe}.yaml", [], get_registries())
