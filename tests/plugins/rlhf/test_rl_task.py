@@ -14,7 +14,7 @@ import torch
 from conftest import TINY, tiny_openelm, write_run
 from helpers import REPO
 from plugins.openelm import OpenELMConfig
-from plugins.rlhf import rl_task, soup_cli
+from plugins.rlhf import bench_rl, rl_task, soup_cli
 from toolkit.assembly import assemble
 from toolkit.checkpoint import load_weights
 from toolkit.cli.common import run_cli
@@ -81,7 +81,9 @@ def test_rl_runs_with_a_soup_reference_and_kl_is_zero_at_step_zero(sft_run, gsm_
     # The policy, the SFT model and the soup of the SFT run with itself are one model at step 0.
     assert steps[0]["kl_ref"] == 0.0 and steps[0]["kl_sft"] == 0.0
     assert steps[1]["kl_sft"] != 0.0 and steps[1]["kl_ref"] == pytest.approx(steps[1]["kl_sft"], rel=1e-5)
-    assert {"generate_s", "score_s", "update_s", "response_tokens", "kl_coef", "policy_loss"} <= set(steps[0])
+    split = {"score_reward_s", "score_policy_s", "score_reference_s", "score_value_s"}
+    assert {"generate_s", "score_s", "update_s", "response_tokens", "kl_coef", "policy_loss", *split} <= set(steps[0])
+    assert steps[0]["score_s"] == pytest.approx(sum(steps[0][name] for name in split), rel=1e-12)
     assert ("value_loss" in steps[0]) == (method == "ppo")
     assert any("val_reward" in r for r in records(run))
     assert (run / "tokenizer.model").read_bytes() == (sft_run / "tokenizer.model").read_bytes()
@@ -170,6 +172,23 @@ def test_a_resumed_adaptive_kl_run_matches_an_uninterrupted_one_bit_for_bit(sft_
         expected, actual = load_weights(whole / "step-000002" / name), load_weights(resumed / "step-000002" / name)
         assert all(torch.equal(expected[key], actual[key]) for key in expected), name
     assert (resumed / "step-000002" / "task_state.json").read_text() == (whole / "step-000002" / "task_state.json").read_text()
+
+
+def test_frozen_references_hold_no_optimizer_state_and_a_soup_costs_what_one_model_costs(sft_run, gsm_dir, self_soup,
+                                                                                          tmp_path):
+    result = bench_rl.run_configuration(SALSA, rl_overrides(sft_run, gsm_dir, self_soup, tmp_path / "rl"), steps=2)
+    memory = result["memory"]
+    parameters = sum(p.numel() for p in tiny_openelm().parameters()) * 4  # fp32
+    tensors = len(list(tiny_openelm().parameters()))
+    assert {name: m["role"] for name, m in memory.items()} == {"policy": "trained", "sft": "frozen",
+                                                               "reference": "frozen", "value": "trained"}
+    for name in ("sft", "reference"):  # inference only: not in the optimizer, no gradients, no state
+        assert memory[name]["in_optimizer"] == memory[name]["requires_grad"] == 0
+        assert memory[name]["optimizer_bytes"] == memory[name]["gradient_bytes"] == 0
+        assert memory[name]["parameter_bytes"] == parameters  # the soup is one model's weights, not two
+    # AdamW: two moments per parameter and a 4-byte step count per tensor.
+    assert memory["policy"]["optimizer_bytes"] == 2 * parameters + 4 * tensors
+    assert set(result["time_s"]) == set(bench_rl.PARTS)
 
 
 @pytest.mark.parametrize("recipe", ["sft_a", "sft_b", "reward", "ppo", "salsa"])
