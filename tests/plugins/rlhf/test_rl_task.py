@@ -151,6 +151,28 @@ def test_a_resumed_ppo_run_matches_an_uninterrupted_one_bit_for_bit(ppo_run, sft
     assert len(rewards[ppo_run]) == 2 and rewards[resumed] == rewards[ppo_run][1:]  # a fresh log from step 2 on
 
 
+def test_generate_and_eval_pick_one_model_of_an_rl_run_with_model_name(ppo_run, gsm_dir, tmp_path, capsys):
+    from plugins.lm import generate_cli
+    from toolkit.cli import eval as eval_cli
+
+    prompt = ["--prompt", "Q:", "--max-new-tokens", "3", "--temperature", "0"]
+    assert run_cli(generate_cli.run, [str(ppo_run), *prompt]) == 2
+    assert "names 2 trained models; say which" in capsys.readouterr().err
+    assert run_cli(generate_cli.run, [str(ppo_run), "--model-name", "nope", *prompt]) == 2
+    assert "has no model 'nope'" in capsys.readouterr().err
+    assert run_cli(generate_cli.run, [str(ppo_run), "--model-name", "policy", *prompt]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    arguments = ["gsm_symbolic", "--model", str(ppo_run), "--model-name", "policy", "--output", str(out), "--limit", "1",
+                 "--no-progress", f"data_file={gsm_dir / 'heldout.jsonl'}", "num_shots=0", "max_new_tokens=3"]
+    assert run_cli(eval_cli.main_with_arguments, arguments) == 0
+    fingerprint = json.loads((out / "results.json").read_text())
+    assert str(fingerprint).count("step-000002#policy") >= 1  # the picked model is part of the cache's key
+    assert eval_cli.default_output("gsm_symbolic", str(ppo_run), "policy").name.startswith("gsm_symbolic-run-policy-")
+    assert run_cli(generate_cli.run, ["--model", str(gsm_dir / "train.jsonl"), "--model-name", "policy", *prompt]) == 2
+    assert "--model-name picks one model of a toolkit run" in capsys.readouterr().err
+
+
 ADAPTIVE = ["task.kl_target=1.0", "task.kl_horizon=4"]  # 4 samples a step: the coefficient moves its full 20%
 
 
