@@ -216,3 +216,12 @@ def test_frozen_references_hold_no_optimizer_state_and_a_soup_costs_what_one_mod
 @pytest.mark.parametrize("recipe", ["sft_a", "sft_b", "reward", "ppo", "salsa"])
 def test_the_shipped_recipes_are_valid(recipe):
     load_recipe(f"rlhf/{recipe}.yaml", [], get_registries())
+
+
+def test_model_name_for_an_evaluator_that_takes_none_is_one_line(tmp_path, capsys):
+    from toolkit.cli import eval as eval_cli
+
+    code = run_cli(eval_cli.main_with_arguments, ["linear_probe", "--model", str(tmp_path), "--model-name", "policy",
+                                                  "--output", str(tmp_path / "out")])
+    assert code == 2 and capsys.readouterr().err.startswith("error: evaluator 'linear_probe' takes no --model-name")
+    assert not (tmp_path / "out").exists()
