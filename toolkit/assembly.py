@@ -46,6 +46,7 @@ class TrainingParts:
     callbacks: list[Callback] = field(default_factory=list)
     recipe_yaml: str = ""
     run_files: dict[str, Path] = field(default_factory=dict)  # name in the run dir -> source file
+    task_name: str = "task"  # the recipe's task.name, for messages
 
 
 def task_roles(task: Any, recipe: Recipe) -> dict[str, Role]:
@@ -127,7 +128,7 @@ def assemble(recipe: Recipe) -> TrainingParts:
         if isinstance(component, RunFiles):
             run_files.update(component.run_files())
     return TrainingParts(config, context, models, task, train_data, val_data, optimizer, scheduler, ema,
-                         callbacks, recipe.to_yaml(), run_files)
+                         callbacks, recipe.to_yaml(), run_files, recipe.components["task"].component.name)
 
 
 def build_trainer(recipe: Recipe, resume: str | None = None):

@@ -14,6 +14,8 @@ Tasks (`register_tasks`):
     ReportsPerplexity  the engine logs val_ppl = exp(val_loss)
     ManyModels      the task uses several named models, trained and frozen (toolkit.task.Role)
     CustomLoop      the task drives its own inner loop through a toolkit.engine.loop.StepContext
+    TaskState       state of the task's own that a resumed run needs (an adaptive coefficient),
+                    saved as `task_state.json` in every checkpoint
 Evaluated models (what an evaluator's `load_model` returns, for `toolkit-eval`):
     Identified      names exactly what was loaded, so that a changed model never reuses cached samples
 """
@@ -81,6 +83,19 @@ class CustomLoop(Protocol):
         """One trainer step of the task's own making (several updates, rollouts), using only the
         services of `context` (a toolkit.engine.loop.StepContext): batches, autocast, micro-steps
         with `no_sync`, backward, the clipped and NaN-guarded optimizer update, logging."""
+        ...
+
+
+@runtime_checkable
+class TaskState(Protocol):
+    def task_state_dict(self) -> dict[str, Any]:
+        """The task's own state, JSON-able (numbers, strings, lists, maps): written as
+        `task_state.json` with every checkpoint. Python floats survive JSON exactly, so a resumed
+        run continues bit for bit. Weights and optimizer state are the engine's, never here."""
+        ...
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `task_state_dict` returned (called on resume, before training continues)."""
         ...
 
 

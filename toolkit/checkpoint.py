@@ -6,6 +6,7 @@ Plugins and tools use this module, never the engine's internals. Layout of `RUN_
     ema.safetensors      EMA weights, when the run keeps an EMA
     optimizer.pt         optimizer state (tensors and numbers only; read with weights_only=True)
     scheduler.json       learning-rate schedule state
+    task_state.json      the task's own state, when it keeps one (an adaptive KL coefficient)
     trainer_state.json   step, data positions and RNG states of every rank
     recipe.yaml          the fully resolved recipe of the run
 

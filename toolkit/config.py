@@ -90,6 +90,10 @@ class DistConfig:
     strategy: Strategy = Strategy.ddp
     backend: str = "auto"  # "auto" = nccl on CUDA, gloo on CPU
     device: str = "auto"  # "auto" = cuda if available, else cpu
+    # fsdp only: false keeps each block's parameters gathered from its forward until its backward
+    # (sharding only gradients and optimizer state between steps, like ZeRO-2): one all-gather per
+    # step instead of two, for the memory of whole parameters during the step
+    reshard_after_forward: bool = True
 
 
 def _field_types(config_class: type) -> dict[str, Any]:

@@ -298,6 +298,8 @@ def load_recipe(name: str, overrides: list[str], registries: Registries) -> Reci
         values = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as error:
         raise RecipeError(f"{path}: {str(error).splitlines()[0]}") from error
+    if "grid" in values and "prices" in values:  # a toolkit-bench sweep passed to toolkit-train
+        raise RecipeError(f"{path}: a toolkit-bench sweep, not a recipe", hint=f"run it with toolkit-bench {name}")
     for section in values:
         if section not in ALL_SECTIONS:
             suggestion = closest(str(section), ALL_SECTIONS)

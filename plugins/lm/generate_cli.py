@@ -30,6 +30,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--model", default=None,
                         help="instead of PATH: also a Hugging Face model directory or a .gguf file")
     parser.add_argument("--tokenizer", default=None, help="tokenizer file for models that ship none (HF OpenELM)")
+    parser.add_argument("--model-name", default=None,
+                        help="which model of a run that trains several (an RL run's policy or value)")
     parser.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -123,7 +125,7 @@ def run(argv: list[str]) -> int:
     device = arguments.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    language_model = load_language_model(spec, device, arguments.tokenizer)
+    language_model = load_language_model(spec, device, arguments.tokenizer, arguments.model_name)
     if not isinstance(language_model, LanguageModel):
         _generate_hugging_face(language_model, arguments)
         return 0

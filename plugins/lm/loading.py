@@ -49,13 +49,15 @@ def _is_toolkit_directory(path: Path) -> bool:
     return any((path / marker).is_file() for marker in markers) or any(path.glob("step-*"))
 
 
-def _load_toolkit_run(path: Path, device: str, tokenizer: str | None) -> LanguageModel:
+def _load_toolkit_run(path: Path, device: str, tokenizer: str | None, model_name: str | None) -> LanguageModel:
     from toolkit.checkpoint import load_model
 
-    loaded = load_model(str(path), device=device)
+    loaded = load_model(str(path), device=device, name=model_name)
     found = load_tokenizer(tokenizer) if tokenizer else find_tokenizer(loaded.run_dir, loaded.recipe)
     model_device = next(iter(loaded.model.parameters()), torch.empty(0)).device
-    return LanguageModel(loaded.model, found, model_device, identity=str(loaded.checkpoint_dir.resolve()))
+    # Two models of one checkpoint (an RL run's policy and value) must never share cached samples.
+    identity = str(loaded.checkpoint_dir.resolve()) + (f"#{model_name}" if model_name else "")
+    return LanguageModel(loaded.model, found, model_device, identity=identity)
 
 
 def _load_imported(path: Path, importer: Component, device: str, tokenizer: str | None) -> LanguageModel:
@@ -85,15 +87,19 @@ def _check_config_json(config_path: Path) -> None:
                               "not an object)")
 
 
-def load_language_model(spec: str, device: str, tokenizer: str | None = None) -> LanguageModel | HFLanguageModel:
+def load_language_model(spec: str, device: str, tokenizer: str | None = None,
+                        model_name: str | None = None) -> LanguageModel | HFLanguageModel:
     """Whatever `--model` names (see the module docstring), on `device`. `tokenizer` overrides the
-    model's own tokenizer file (toolkit runs, imported models)."""
+    model's own tokenizer file (toolkit runs, imported models); `model_name` picks one model of a
+    toolkit run that holds several (an RL run's `policy`)."""
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory, model directory or GGUF file",
                               hint=ACCEPTED_MODELS)
     if path.is_dir() and _is_toolkit_directory(path):
-        return _load_toolkit_run(path, device, tokenizer)
+        return _load_toolkit_run(path, device, tokenizer, model_name)
+    if model_name:
+        raise CheckpointError(f"{path}: --model-name picks one model of a toolkit run, and this is not one")
     config_path = path / "config.json"
     if config_path.is_file():  # before the importers, which read it too: one clear message if it is broken
         _check_config_json(config_path)

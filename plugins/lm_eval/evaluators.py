@@ -24,8 +24,9 @@ class LanguageModelEvaluator:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def load_model(self, spec: str, device: str, tokenizer: str | None = None) -> LanguageModel:
-        return load_language_model(spec, device, tokenizer)
+    def load_model(self, spec: str, device: str, tokenizer: str | None = None,
+                   model_name: str | None = None) -> LanguageModel:
+        return load_language_model(spec, device, tokenizer, model_name)
 
 
 # --- perplexity ---------------------------------------------------------------------------------

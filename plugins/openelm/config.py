@@ -33,6 +33,10 @@ def layer_multipliers(bounds: list[float], num_layers: int) -> list[float]:
     return [round(float(v), 2) for v in np.linspace(bounds[0], bounds[1], num=num_layers, dtype=float)]
 
 
+# The values of `OpenELMConfig.attention` (model.attend runs them).
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_math", "matmul")
+
+
 @dataclass(frozen=True)
 class LayerWidths:
     """The widths of one transformer block."""
@@ -47,7 +51,9 @@ class OpenELMConfig:
     """An OpenELM decoder. The defaults are a small model that trains on a laptop CPU in minutes.
 
     `num_query_heads`, `num_kv_heads` and `ffn_dim` override the layer-wise rule with uniform
-    widths (a LLaMA-shaped model); otherwise the multipliers decide each layer's widths.
+    widths (a LLaMA-shaped model); otherwise the multipliers decide each layer's widths. Each one
+    overrides only its own width, so setting all three gives every layer the same shape (the
+    `openelm/tiny_uniform` recipe: the control arm of tools/layerwise_ablation.py).
     """
 
     vocab_size: int = 4096
@@ -68,6 +74,10 @@ class OpenELMConfig:
     tie_embeddings: bool = True  # the output head reuses the token embedding matrix
     init_std: float = 0.02
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
+    # causal attention kernel: sdpa (PyTorch picks; on CPU in bf16 the matmul path, see model.attend),
+    # sdpa_flash / sdpa_efficient / sdpa_math (that SDPA backend only; an error where it cannot
+    # run), or matmul (explicit batched matmuls and softmax, S x S probabilities kept)
+    attention: str = "sdpa"
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "max_context_length", "num_layers", "model_dim", "head_dim",
@@ -75,8 +85,13 @@ class OpenELMConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("num_query_heads", "num_kv_heads", "ffn_dim"):  # the uniform overrides, when set
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive when set, got {getattr(self, name)}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {self.attention!r}")
         for name in ("qkv_multipliers", "ffn_multipliers"):
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} must be [first_layer, last_layer], got {getattr(self, name)}")

@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from plugins.openelm.config import LayerWidths, OpenELMConfig
@@ -68,8 +69,17 @@ def rope_tables(length: int, head_dim: int, theta: float, device=None) -> tuple[
 MATMUL_ATTENTION_MAX_SEQ = 512
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+# `OpenELMConfig.attention` -> the one SDPA backend it allows.
+SDPA_BACKENDS = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "sdpa_math": SDPBackend.MATH}
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, implementation: str = "sdpa") -> torch.Tensor:
     """Causal attention. q [B, H, S, E], k and v [B, K, S, E] -> [B, H, S, E].
+
+    `implementation` (OpenELMConfig.attention) other than "sdpa" forces one kernel, for
+    benchmarks: an SDPA backend (PyTorch raises where that backend cannot run these inputs, the
+    memory-efficient one on CPU say) or the explicit matmuls. "sdpa" is the default below.
 
     KV head j serves query heads j*G .. j*G+G-1 (repeat_interleave order). Normally PyTorch's
     fused SDPA kernel. On CPU in half precision its backward is slow (torch 2.x, S=256, E=64:
@@ -78,6 +88,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     float32 (autocast off, or it would cast them back).
     """
     grouped = k.shape[1] != q.shape[1]
+    if implementation == "matmul":
+        return matmul_causal_attention(q, k, v)
+    if implementation in SDPA_BACKENDS:
+        with sdpa_kernel(SDPA_BACKENDS[implementation]):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=grouped)
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         if q.shape[2] <= MATMUL_ATTENTION_MAX_SEQ:
             return matmul_causal_attention(q, k, v)
@@ -95,6 +110,7 @@ class Attention(nn.Module):
         self.num_query_heads = widths.num_query_heads
         self.num_kv_heads = widths.num_kv_heads
         self.head_dim = config.head_dim
+        self.implementation = config.attention
         fused_heads = self.num_query_heads + 2 * self.num_kv_heads
         self.qkv_proj = nn.Linear(config.model_dim, fused_heads * self.head_dim, bias=False)
         # Per-head norms keep attention logits bounded however large the projections grow.
@@ -121,7 +137,7 @@ class Attention(nn.Module):
         batch, seq, _ = x.shape
         q, k, v = self._project(x, cos, sin)
         # Heads before positions for attention: contiguous views for q and k (see apply_rope).
-        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [B, H, S, E]
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.implementation)  # [B, H, S, E]
         out = out.transpose(1, 2).reshape(batch, seq, self.num_query_heads * self.head_dim)  # [B, S, H*E]
         return self.out_proj(out)  # [B, S, D]
 

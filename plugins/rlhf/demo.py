@@ -3,11 +3,17 @@ reference) with equal budgets over several seeds, held-out accuracy and reward a
 
     python -m plugins.rlhf.demo --base runs/openelm-tiny --work runs/salsa-demo [--seeds 0,1,2]
 
+The problems come from our own one-step templates (plugins/rlhf/easy_templates: addition,
+subtraction, multiplication of small numbers), so that a model of a few million parameters
+trained for minutes on CPU solves some held-out ones but not all; `--templates DIR` takes any
+folder in the GSM-Symbolic layout (the engine's shipped multi-step ones are beyond such a model).
+
 Every stage skips work already done (finished runs, written soups), so an interrupted
 demonstration continues where it stopped. Writes into --work:
     data/                      the GSM-Symbolic SFT data (train / val / held-out templates)
     sft-a, sft-b, soup         the two SFT runs (rlhf/sft_a.yaml, sft_b.yaml) and their soup
-    sweep.json                 validation loss along the path sft-a -> sft-b
+    sweep.json                 validation loss along the path sft-a -> sft-b; the demo stops with
+                               one line if the soup (alpha 0.5) is worse than the worse endpoint
     ppo-s<seed>, salsa-s<seed> the RL runs (rlhf/ppo.yaml, rlhf/salsa.yaml), their policies
                                (*-policy) and their held-out evaluations (eval-*)
     summary.json, reward_vs_kl.png
@@ -19,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,24 @@ from toolkit.checkpoint import latest_checkpoint
 from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.errors import ToolkitError
 from toolkit.files import atomic_path, atomic_write_text
+
+
+EASY_TEMPLATES = Path(__file__).resolve().with_name("easy_templates")  # shipped as package data
+SMOOTHING = 5  # steps in the moving average of the plotted curves
+FINAL_STEPS = 10  # the last steps averaged for the final reward and KL
+
+
+class SoupCheckFailed(ToolkitError):
+    """The soup is worse on validation than the worse of its two ingredients."""
+
+
+def check_soup(sweep: list[dict[str, float]]) -> None:
+    """The middle of the path (the soup) must be no worse than the worse endpoint: one line if not."""
+    ends = max(sweep[0]["val_loss"], sweep[-1]["val_loss"])
+    middle = next(point for point in sweep if point["alpha"] == 0.5)
+    if not middle["val_loss"] <= ends:
+        raise SoupCheckFailed(f"the soup's validation loss {middle['val_loss']:.4f} is worse than the worse SFT "
+                              f"run's {ends:.4f}; a reference made from it would not be a soup of good models")
 
 
 def stage(message: str) -> None:
@@ -70,6 +95,10 @@ def rl_curve(run: Path) -> list[dict[str, float]]:
             if "reward" in record]
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    return [statistics.fmean(values[max(0, index - window + 1):index + 1]) for index in range(len(values))]
+
+
 def plot(curves: dict[str, list[list[dict[str, float]]]], path: Path) -> bool:
     """Reward against KL to the SFT model, one line per run, a colour per method; False without matplotlib."""
     try:
@@ -82,9 +111,10 @@ def plot(curves: dict[str, list[list[dict[str, float]]]], path: Path) -> bool:
     figure, axes = plt.subplots(figsize=(6, 4))
     for colour, (method, runs) in zip(("tab:blue", "tab:orange"), curves.items()):
         for index, curve in enumerate(runs):
-            axes.plot([r["kl_sft"] for r in curve], [r["reward"] for r in curve], color=colour, alpha=0.7,
+            axes.plot(moving_average([r["kl_sft"] for r in curve], SMOOTHING),
+                      moving_average([r["reward"] for r in curve], SMOOTHING), color=colour, alpha=0.7,
                       label=method if index == 0 else None)
-    axes.set_xlabel("KL to the SFT model (per sequence)")
+    axes.set_xlabel(f"KL to the SFT model (per sequence, {SMOOTHING}-step moving average)")
     axes.set_ylabel("reward (exact final number)")
     axes.legend()
     figure.tight_layout()
@@ -103,10 +133,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base", type=Path, required=True, help="a trained LM run (its tokenizer.model too)")
     parser.add_argument("--work", type=Path, required=True, help="folder for everything the demo makes")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--instances", type=int, default=40, help="SFT instances per train template")
+    parser.add_argument("--templates", type=Path, default=EASY_TEMPLATES, help="GSM-Symbolic template folder")
+    parser.add_argument("--heldout", type=int, default=4, help="templates held out of SFT and RL")
+    parser.add_argument("--instances", type=int, default=300, help="SFT instances per train template")
+    parser.add_argument("--heldout-instances", type=int, default=10, help="instances (sets) per held-out template")
     parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--sft-batch", type=int, default=16, help="rows per SFT step (larger: less data-order "
+                        "noise between the two runs, so a flatter path between them)")
     parser.add_argument("--rl-steps", type=int, default=60)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="override for the SFT runs")
     parser.add_argument("--rl", action="append", default=[], metavar="KEY=VALUE", help="override for the RL runs")
     return parser.parse_args(argv)
@@ -115,15 +150,20 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     work, base = arguments.work, arguments.base
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}  # wall time per stage of this invocation (stages done before: ~0)
     data = work / "data"
     if not (data / "split.json").is_file():
         stage("writing the SFT data")
-        gsm_data.run(["--out", str(data), "--instances", str(arguments.instances)])
+        gsm_data.run(["--out", str(data), "--templates", str(arguments.templates), "--heldout", str(arguments.heldout),
+                      "--instances", str(arguments.instances), "--heldout-instances", str(arguments.heldout_instances)])
     tokenizer = base / "tokenizer.model"
     sft_overrides = [f"models.policy.source={base}", f"data.train_file={data / 'train.jsonl'}",
-                     f"data.val_file={data / 'val.jsonl'}", f"data.tokenizer={tokenizer}", *arguments.sft]
+                     f"data.val_file={data / 'val.jsonl'}", f"data.tokenizer={tokenizer}",
+                     f"data.batch_size={arguments.sft_batch}", *arguments.sft]
     sft = {name: train(f"rlhf/sft_{name}.yaml", work / f"sft-{name}", arguments.sft_steps, sft_overrides)
            for name in ("a", "b")}
+    seconds["sft"] = time.perf_counter() - started
     soup = work / "soup"
     if not soup.exists():
         stage("making the soup")
@@ -135,6 +175,12 @@ def run(argv: list[str]) -> int:
         points = alpha_sweep(read_ingredient(sft["a"]), read_ingredient(sft["b"]), [0.0, 0.25, 0.5, 0.75, 1.0])
         atomic_write_text(work / "sweep.json", json.dumps([vars(p) for p in points], indent=2) + "\n")
     sweep = json.loads((work / "sweep.json").read_text())
+    check_soup(sweep)
+    seconds["soup_and_sweep"] = time.perf_counter() - started - seconds["sft"]
+    heldout = data / "heldout.jsonl"
+    # The starting points, evaluated before any RL so that a too easy or too hard set shows early.
+    start_results = {name: evaluate(path, heldout, work / f"eval-{name}", arguments.max_new_tokens)
+                     for name, path in (("sft-a", sft["a"]), ("sft-b", sft["b"]), ("soup", soup))}
     rl_common = [f"models.policy.source={sft['a']}", f"models.sft.source={sft['a']}",
                  f"models.value.init_from={sft['a']}", f"data.tokenizer={tokenizer}",
                  f"task.max_new_tokens={arguments.max_new_tokens}", f"data.train_file={data / 'train.jsonl'}",
@@ -143,6 +189,7 @@ def run(argv: list[str]) -> int:
     curves: dict[str, list[list[dict[str, float]]]] = {method: [] for method in methods}
     accuracy: dict[str, list[float]] = {method: [] for method in methods}
     spread: dict[str, list[float]] = {method: [] for method in methods}  # std over instance sets, per run
+    before_rl = time.perf_counter()
     for seed in [int(text) for text in arguments.seeds.split(",")]:
         for method, (recipe, extra) in methods.items():
             out = train(recipe, work / f"{method}-s{seed}", arguments.rl_steps,
@@ -150,24 +197,27 @@ def run(argv: list[str]) -> int:
             policy = work / f"{method}-s{seed}-policy"
             if not policy.exists():
                 make_soup([str(out)], None, policy, name="policy")
-            results = evaluate(policy, data / "heldout.jsonl", work / f"eval-{method}-s{seed}",
-                               arguments.max_new_tokens)
+            results = evaluate(policy, heldout, work / f"eval-{method}-s{seed}", arguments.max_new_tokens)
             curves[method].append(rl_curve(out))
             accuracy[method].append(results["accuracy_mean"])
             spread[method].append(results["accuracy_std"])
-    sft_results = evaluate(sft["a"], data / "heldout.jsonl", work / "eval-sft-a", arguments.max_new_tokens)
+    seconds["rl_and_eval"] = time.perf_counter() - before_rl
+    seconds["total"] = time.perf_counter() - started
     summary = {
         "sweep": sweep,
-        "soup_no_worse_than_worse_endpoint": sweep[2]["val_loss"] <= max(sweep[0]["val_loss"], sweep[-1]["val_loss"]),
-        "sft_heldout_accuracy": {"mean": sft_results["accuracy_mean"], "std_over_sets": sft_results["accuracy_std"]},
+        "soup_no_worse_than_worse_endpoint": True,  # check_soup stopped the demo otherwise
+        "start_heldout_accuracy": {name: {"mean": results["accuracy_mean"], "std_over_sets": results["accuracy_std"]}
+                                   for name, results in start_results.items()},
         "heldout_accuracy": {method: {"per_seed": values, "std_over_sets_per_seed": spread[method], **mean_std(values)}
                              for method, values in accuracy.items()},
-        "final": {method: {key: mean_std([curve[-1][key] for curve in runs]) for key in ("reward", "kl_sft", "kl_ref")}
-                  for method, runs in curves.items()},
+        f"final_{FINAL_STEPS}_steps": {
+            method: {key: mean_std([statistics.fmean(r[key] for r in curve[-FINAL_STEPS:]) for curve in runs])
+                     for key in ("reward", "kl_sft", "kl_ref")} for method, runs in curves.items()},
+        "seconds": seconds,
         "plot": "reward_vs_kl.png" if plot(curves, work / "reward_vs_kl.png") else None,
     }
     atomic_write_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary["heldout_accuracy"], indent=2))
+    print(json.dumps({key: summary[key] for key in ("start_heldout_accuracy", "heldout_accuracy", "seconds")}, indent=2))
     return 0
 
 

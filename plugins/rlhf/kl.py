@@ -10,7 +10,8 @@ small log r, and clamped at 0 against the last bit of rounding.
 
 The coefficient is fixed, or adaptive (Ziegler et al., 2019): after each rollout batch with mean
 KL `kl`, coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * batch / horizon, pushing the KL toward
-`target`. The adaptive controller's coefficient is part of the checkpoint (its state_dict).
+`target`. The coefficient is part of the checkpoint: the rl task saves this state_dict as its own
+state (`task_state.json`), so an adaptive run resumes exactly.
 """
 
 from __future__ import annotations

@@ -18,9 +18,11 @@ leave-one-out, or group-normalised; then `epochs` passes of `minibatches` clippe
 non-finite reward skips the step's updates and is reported (`reward_nonfinite`).
 
 Logged each step: reward, kl_ref and kl_sft (per-sequence sums), kl_coef, response_tokens and
-the time split generate_s / score_s / update_s. Single process (the document-masked forward
-needs the plain models); fixed-coefficient runs resume bit-exactly, the adaptive coefficient is
-not yet part of the checkpoint.
+the time split generate_s / score_s / update_s, score_s itself split into score_reward_s,
+score_policy_s, score_reference_s (SFT model and reference) and score_value_s (value and advantages). Single process (the document-masked forward
+needs the plain models). The KL coefficient is the task's own checkpointed state
+(`task_state.json`, toolkit.capabilities.TaskState), so runs resume bit-exactly, adaptive
+coefficient included.
 """
 
 from __future__ import annotations
@@ -210,15 +212,17 @@ class RLTask:
         if not self._checked:
             self._check_models(models)
         batch = context.next_batch()
-        started = time.perf_counter()
+        laps = Laps()
         rollout, references = self._rollout(models, batch, config.samples_per_prompt, config.temperature)
-        generated = time.perf_counter()
+        laps.mark("generate_s")
         prompts = [prompt for prompt in batch["prompt"] for _ in range(config.samples_per_prompt)]
         scores = self._scores(prompts, rollout, references)
+        laps.mark("score_reward_s")
         mask = rollout.response_mask.float()
         # Scored under the same autocast as the updates, so the first update's ratio is exactly 1.
         with torch.no_grad(), context.autocast():
             old_logprobs = response_logprobs(models["policy"], rollout)  # [N, T]
+            laps.mark("score_policy_s")
             sft_logprobs = response_logprobs(models["sft"], rollout)
             kl_sft = kl_estimate(old_logprobs, sft_logprobs, config.kl_estimator) * mask
             if config.reference == "none":
@@ -228,24 +232,31 @@ class RLTask:
             else:
                 kl_ref = kl_estimate(old_logprobs, response_logprobs(models["reference"], rollout),
                                      config.kl_estimator) * mask
-        scored = time.perf_counter()
+            laps.mark("score_reference_s")  # the SFT model and the reference (one model when they coincide)
         logged = {"kl_sft": kl_sft.sum(dim=1).mean().item(), "kl_coef": self.kl.coef,
-                  "response_tokens": mask.sum(dim=1).mean().item(), "generate_s": generated - started}
+                  "response_tokens": mask.sum(dim=1).mean().item()}
         if config.reference != "none":
             logged["kl_ref"] = kl_ref.sum(dim=1).mean().item()
         if not scores.finite:
             print(f"warning: step {context.step + 1}: reward '{config.reward}' gave non-finite scores for samples "
                   f"{scores.bad}; the step is skipped, nothing trained on it", file=sys.stderr)
-            context.log(reward_nonfinite=len(scores.bad), **logged, score_s=scored - generated)
+            context.log(reward_nonfinite=len(scores.bad), **logged, **laps.seconds, score_s=laps.total("score_"))
             context.optimizer_step()  # no gradients: no parameter moves, the schedule still advances
             return
         with context.autocast():
             advantages, extra = self._advantages(models, rollout, scores.values, old_logprobs, kl_ref)
-        advantaged = time.perf_counter()
+        laps.mark("score_value_s")  # the value model's forward (PPO) and the advantages
         self._update(context, rollout, old_logprobs, advantages, extra)
         self.kl.update(logged.get("kl_ref", 0.0), len(scores.values))
-        context.log(reward=scores.values.mean().item(), **logged, score_s=advantaged - generated,
-                    update_s=time.perf_counter() - advantaged)
+        laps.mark("update_s")
+        context.log(reward=scores.values.mean().item(), **logged, **laps.seconds, score_s=laps.total("score_"))
+
+    def task_state_dict(self) -> dict[str, Any]:
+        """toolkit.capabilities.TaskState: the KL controller (its adapted coefficient)."""
+        return {"kl_controller": self.kl.state_dict()}
+
+    def load_task_state_dict(self, state: dict[str, Any]) -> None:
+        self.kl.load_state_dict(state["kl_controller"])
 
     def training_step(self, models: Mapping[str, nn.Module], batch: Any) -> StepOutput:
         raise TrainingError("task 'rl' runs its own loop (train_step); training_step is not used")
@@ -257,6 +268,22 @@ class RLTask:
         scores = self._scores(batch["prompt"], rollout, references)
         values = torch.nan_to_num(scores.values, nan=0.0, posinf=0.0, neginf=0.0)
         return StepOutput(loss=-values.mean(), items=len(values), metrics={"reward": values.mean()})
+
+
+class Laps:
+    """Wall-clock seconds between marks: the step-time split the task logs."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def total(self, prefix: str) -> float:
+        return sum(value for name, value in self.seconds.items() if name.startswith(prefix))
 
 
 def build_rl(config: RLConfig | None, loss: Any) -> RLTask:

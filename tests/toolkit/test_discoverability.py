@@ -130,7 +130,8 @@ def _help_text(monkeypatch, capsys, script: str, *arguments: str) -> tuple[str, 
 @pytest.mark.parametrize(("script", "arguments", "shown"), [
     ("toolkit-train", [], ["trainer.max_steps=100          optimizer steps", "trainer.progress_every_s=30.0",
                            "trainer.ema_decay=0.0          >0 keeps an exponential moving average",
-                           "dist.strategy=ddp  (one of: ddp, fsdp)"]),
+                           "dist.strategy=ddp                (one of: ddp, fsdp)",
+                           "dist.reshard_after_forward=true  fsdp only: false keeps"]),
     ("toolkit-plugins", [], ["--options KIND NAME"]),
     ("toolkit-generate", [], ["--max-new-tokens MAX_NEW_TOKENS\n                        default: 200", "(default: 0.8)"]),
     ("toolkit-tokenizer", ["train"], ["default: bpe"]),
@@ -138,6 +139,7 @@ def _help_text(monkeypatch, capsys, script: str, *arguments: str) -> tuple[str, 
     ("toolkit-gsm-symbolic", ["generate"], ["instances per template (default: 50)"]),
     ("toolkit-eval", [], ["default: 8", "(default: auto)", "toolkit-eval EVALUATOR --list-options"]),
     ("toolkit-catlip-vocab", [], ["(default:"]),
+    ("toolkit-bench", [], ["--device NAME", "warmup_steps: 2", "(default: bench/<sweep name>)"]),
     ("toolkit-soup", [], ["0,0.25,0.5,0.75,1)", "validation batches per point (0 = all) (default: 0)"]),
 ])
 def test_every_console_script_help_shows_defaults(monkeypatch, capsys, script, arguments, shown):

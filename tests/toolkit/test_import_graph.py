@@ -26,6 +26,8 @@ ALLOWED_PLUGIN_EDGES = {
     ("rlhf", "openelm"),  # the packed (document-masked) forward and value heads drive OpenELM's blocks
     ("rlhf", "lm_eval"),  # SFT data and the math reward use the GSM8K answer format and checks
     ("rlhf", "gsm_symbolic"),  # SFT and RL prompts are generated from the GSM-Symbolic templates
+    ("duo", "openelm"),  # Duo-LLM's blocks are OpenELM's, with a small FFN beside the big one
+    ("duo", "lm"),  # the duo_lm task extends causal_lm; tests decode with the lm plugin's sampler
 }
 
 Sources = dict[str, tuple[str, bool]]  # module name -> (source text, is it a package's __init__)

@@ -79,6 +79,13 @@ def recipe_arguments(prog: str, description: str, argv: list[str]) -> argparse.N
     return parser.parse_args(argv)
 
 
+def say_error(message: str) -> None:
+    """`error: message` on stderr in one write: every rank of a job may report at once into the
+    same log, and print's separate write of the newline let two ranks' lines run together."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     """Run `main`; a ToolkitError becomes `error: ...` on stderr and exit code 2 (128 + the signal
     for a training stopped by SIGINT/SIGTERM), and so does an operating-system error (naming the
@@ -93,7 +100,7 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     except ToolkitError as error:
         if debug_enabled():
             traceback.print_exc()
-        print(f"error: {error.one_line()}", file=sys.stderr)
+        say_error(error.one_line())
         return error.exit_code
     except BrokenPipeError:  # the reader went away (`toolkit-plugins --json | head -1`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -102,14 +109,14 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
         if debug_enabled():
             traceback.print_exc()
         where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        say_error(f"{where}{error.strerror or error}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        say_error("interrupted")
         return 130
     except Exception as error:  # noqa: BLE001 - last line of defence for the user's terminal
         if debug_enabled():
             traceback.print_exc()
         message = " ".join(f"{type(error).__name__}: {error}".split())
-        print(f"error: internal error: {message} (set {DEBUG_ENV_VAR}=1 for the traceback)", file=sys.stderr)
+        say_error(f"internal error: {message} (set {DEBUG_ENV_VAR}=1 for the traceback)")
         return EXIT_INTERNAL_ERROR

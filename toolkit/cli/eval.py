@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer file for models that ship none (Apple's OpenELM: LLaMA's tokenizer.model; "
                              "toolkit runs and exports carry their own)")
+    parser.add_argument("--model-name", default=None,
+                        help="which model of a toolkit run that trains several (an RL run's policy or value)")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate at most N items (windows, questions, or templates per set)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -62,13 +65,14 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
-def default_output(evaluator: str, model: str) -> Path:
+def default_output(evaluator: str, model: str, model_name: str | None = None) -> Path:
     """`eval/<evaluator>-<model name>-<hash>`: two models of one name (`runs/a/tiny`, `runs/b/tiny`)
     never share a directory, as lm-evaluation-harness keeps one folder per model path; the same
     model gets the same directory again, so an interrupted evaluation resumes there."""
     resolved = Path(model).resolve()
     digest = hashlib.sha256(str(resolved).encode("utf-8")).hexdigest()[:8]
-    return Path("eval") / f"{evaluator}-{resolved.name}-{digest}"
+    picked = f"-{model_name}" if model_name else ""  # a run's policy and value never share a folder
+    return Path("eval") / f"{evaluator}-{resolved.name}{picked}-{digest}"
 
 
 def main_with_arguments(argv: list[str]) -> int:
@@ -96,9 +100,15 @@ def main_with_arguments(argv: list[str]) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     # Everything that can be refused is checked before the output directory is touched.
-    model_options = {"tokenizer": arguments.tokenizer} if arguments.tokenizer else {}
+    model_options = {key: value for key, value in (("tokenizer", arguments.tokenizer),
+                                                   ("model_name", arguments.model_name)) if value}
+    accepted = inspect.signature(evaluator.load_model).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        for key in model_options:
+            if key not in accepted:
+                raise EvaluationError(f"evaluator '{component.name}' takes no --{key.replace('_', '-')}")
     model = evaluator.load_model(arguments.model, device, **model_options)
-    output = arguments.output or default_output(component.name, arguments.model)
+    output = arguments.output or default_output(component.name, arguments.model, arguments.model_name)
     fingerprint = {
         "evaluator": component.name,
         "plugin": component.plugin,

@@ -56,6 +56,9 @@ def freeze(module: nn.Module, dtype: Precision) -> nn.Module:
 def wrap_trained(module: nn.Module, config: DistConfig, context: DistContext, compile_model: bool) -> tuple[nn.Module, Strategy | None]:
     """DDP or FSDP2 (`fully_shard` per declared unit, then the root) around a trained model.
 
+    `dist.reshard_after_forward: false` keeps FSDP2's gathered parameters from forward to backward
+    (gradients and optimizer state stay sharded): the paper's "shard gradients and optimizer only".
+
     FSDP2 shards in place, so the raw module is the wrapped one; DDP and torch.compile return a
     wrapper whose parameters are the module's own.
     """
@@ -71,9 +74,10 @@ def wrap_trained(module: nn.Module, config: DistConfig, context: DistContext, co
         return nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids), Strategy.ddp
     from torch.distributed.fsdp import fully_shard
 
+    reshard = config.reshard_after_forward
     for unit in module.fsdp_units() if isinstance(module, ShardingUnits) else []:
-        fully_shard(unit)
-    fully_shard(module)
+        fully_shard(unit, reshard_after_forward=reshard)
+    fully_shard(module, reshard_after_forward=reshard)
     return wrapped, Strategy.fsdp
 
 

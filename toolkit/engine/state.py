@@ -1,7 +1,8 @@
 """The checkpointed state of a run: a named map of objects that each save and load themselves.
 
 The trainer hands `save_states` / `load_states` a map of file name -> `CheckpointState` (weights of
-each trained model, optimizer, schedule, EMA, progress); nothing here reads the trainer. Every
+each trained model, optimizer, schedule, EMA, the task's own state, progress); nothing here reads
+the trainer. Every
 rank calls `state_dict()` (FSDP2 gathers full tensors then; RNG states and data positions are
 gathered from every rank) and rank 0 writes. Every rank reads the files back on resume.
 """
@@ -17,7 +18,7 @@ from torch import nn
 
 from toolkit import checkpoint as ckpt
 from toolkit.engine import distributed, rng
-from toolkit.errors import CheckpointError
+from toolkit.errors import CheckpointError, TrainingError
 
 
 class CheckpointState(Protocol):
@@ -190,6 +191,37 @@ class StateOf:
 
     def load_state_dict(self, state: Any) -> None:
         self.target.load_state_dict(state)
+
+
+class TaskStateFile:
+    """A task's own state (toolkit.capabilities.TaskState) as `task_state.json`.
+
+    Checked to be JSON-able when saved, so that a task returning a tensor or an object fails at
+    its first save with one line instead of writing something a resume cannot read. A checkpoint
+    without the file (written before the task kept state) leaves the task as its config built
+    it. Rank 0's state is written and every rank loads it: a task whose state could differ
+    between ranks keeps it in step itself (from all-reduced figures).
+    """
+
+    def __init__(self, task: Any, task_name: str) -> None:
+        self.task = task
+        self.task_name = task_name
+        self.fallback = task.task_state_dict  # the state as built: loading it changes nothing
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.task.task_state_dict()
+        try:
+            return json.loads(json.dumps(state))
+        except (TypeError, ValueError) as error:
+            raise TrainingError(f"task '{self.task_name}': task_state_dict() is not JSON-able ({error}); "
+                                "it must hold only numbers, strings, lists and maps") from error
+
+    def load_state_dict(self, state: Any) -> None:
+        try:
+            self.task.load_task_state_dict(state)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"task_state.json: does not match task '{self.task_name}' "
+                                  f"({type(error).__name__}: {error})") from error
 
 
 def save_states(states: dict[str, CheckpointState]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from toolkit import checkpoint as ckpt
-from toolkit.capabilities import CustomLoop, item_unit, reports_perplexity
+from toolkit.capabilities import CustomLoop, TaskState, item_unit, reports_perplexity
 from toolkit.engine import distributed
 from toolkit.engine.callbacks import RunInfo
 from toolkit.engine.checkpoint import write_checkpoint
@@ -29,7 +29,8 @@ from toolkit.engine.console import RunConsole, describe_run
 from toolkit.engine.hyperparameters import recipe_groups, restore_recipe_hyperparameters
 from toolkit.engine.loop import StepContext, default_train_step, move_to, run_autocast
 from toolkit.engine.metrics import MetricsLog, measure_peak_flops
-from toolkit.engine.state import ModelWeights, OptimizerState, Progress, StateOf, load_states, save_states
+from toolkit.engine.state import (ModelWeights, OptimizerState, Progress, StateOf, TaskStateFile, load_states,
+                                  save_states)
 from toolkit.errors import CheckpointError, Interrupted
 from toolkit.files import atomic_write_text
 
@@ -121,6 +122,8 @@ class Trainer:
         if self.parts.ema is not None:  # an older checkpoint without one starts it from the weights
             weights = ModelWeights(self.models.trained_modules(), "")
             states["ema.safetensors"] = StateOf(self.parts.ema, fallback=weights.state_dict)
+        if isinstance(self.task, TaskState):  # an adaptive coefficient, say: what a resume needs besides weights
+            states["task_state.json"] = TaskStateFile(self.task, self.parts.task_name)
         states["trainer_state.json"] = self.progress
         return states
 

@@ -14,7 +14,7 @@ import torch
 from conftest import TINY, tiny_openelm, write_run
 from helpers import REPO
 from plugins.openelm import OpenELMConfig
-from plugins.rlhf import rl_task, soup_cli
+from plugins.rlhf import bench_rl, rl_task, soup_cli
 from toolkit.assembly import assemble
 from toolkit.checkpoint import load_weights
 from toolkit.cli.common import run_cli
@@ -81,7 +81,9 @@ def test_rl_runs_with_a_soup_reference_and_kl_is_zero_at_step_zero(sft_run, gsm_
     # The policy, the SFT model and the soup of the SFT run with itself are one model at step 0.
     assert steps[0]["kl_ref"] == 0.0 and steps[0]["kl_sft"] == 0.0
     assert steps[1]["kl_sft"] != 0.0 and steps[1]["kl_ref"] == pytest.approx(steps[1]["kl_sft"], rel=1e-5)
-    assert {"generate_s", "score_s", "update_s", "response_tokens", "kl_coef", "policy_loss"} <= set(steps[0])
+    split = {"score_reward_s", "score_policy_s", "score_reference_s", "score_value_s"}
+    assert {"generate_s", "score_s", "update_s", "response_tokens", "kl_coef", "policy_loss", *split} <= set(steps[0])
+    assert steps[0]["score_s"] == pytest.approx(sum(steps[0][name] for name in split), rel=1e-12)
     assert ("value_loss" in steps[0]) == (method == "ppo")
     assert any("val_reward" in r for r in records(run))
     assert (run / "tokenizer.model").read_bytes() == (sft_run / "tokenizer.model").read_bytes()
@@ -149,6 +151,77 @@ def test_a_resumed_ppo_run_matches_an_uninterrupted_one_bit_for_bit(ppo_run, sft
     assert len(rewards[ppo_run]) == 2 and rewards[resumed] == rewards[ppo_run][1:]  # a fresh log from step 2 on
 
 
+def test_generate_and_eval_pick_one_model_of_an_rl_run_with_model_name(ppo_run, gsm_dir, tmp_path, capsys):
+    from plugins.lm import generate_cli
+    from toolkit.cli import eval as eval_cli
+
+    prompt = ["--prompt", "Q:", "--max-new-tokens", "3", "--temperature", "0"]
+    assert run_cli(generate_cli.run, [str(ppo_run), *prompt]) == 2
+    assert "names 2 trained models; say which" in capsys.readouterr().err
+    assert run_cli(generate_cli.run, [str(ppo_run), "--model-name", "nope", *prompt]) == 2
+    assert "has no model 'nope'" in capsys.readouterr().err
+    assert run_cli(generate_cli.run, [str(ppo_run), "--model-name", "policy", *prompt]) == 0
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    arguments = ["gsm_symbolic", "--model", str(ppo_run), "--model-name", "policy", "--output", str(out), "--limit", "1",
+                 "--no-progress", f"data_file={gsm_dir / 'heldout.jsonl'}", "num_shots=0", "max_new_tokens=3"]
+    assert run_cli(eval_cli.main_with_arguments, arguments) == 0
+    fingerprint = json.loads((out / "results.json").read_text())
+    assert str(fingerprint).count("step-000002#policy") >= 1  # the picked model is part of the cache's key
+    assert eval_cli.default_output("gsm_symbolic", str(ppo_run), "policy").name.startswith("gsm_symbolic-run-policy-")
+    assert run_cli(generate_cli.run, ["--model", str(gsm_dir / "train.jsonl"), "--model-name", "policy", *prompt]) == 2
+    assert "--model-name picks one model of a toolkit run" in capsys.readouterr().err
+
+
+ADAPTIVE = ["task.kl_target=1.0", "task.kl_horizon=4"]  # 4 samples a step: the coefficient moves its full 20%
+
+
+def test_a_resumed_adaptive_kl_run_matches_an_uninterrupted_one_bit_for_bit(sft_run, gsm_dir, self_soup, tmp_path):
+    whole = rl_run(tmp_path / "whole", sft_run, gsm_dir, self_soup, *CHECKPOINT_EACH_STEP, *ADAPTIVE)
+    # Step 1's KL to the reference (the policy itself) is 0, far below the target: the coefficient
+    # shrinks by the full clipped step, and the checkpoint keeps it.
+    adapted = 0.05 * (1.0 + -0.2 * 4 / 4)
+    state = json.loads((whole / "step-000001" / "task_state.json").read_text())
+    assert state == {"kl_controller": {"coef": adapted}}
+    resumed = rl_run(tmp_path / "resumed", sft_run, gsm_dir, self_soup, *CHECKPOINT_EACH_STEP, *ADAPTIVE,
+                     "--resume", str(whole / "step-000001"), "--accept-changes")
+    figures = ("step", "reward", "kl_sft", "kl_ref", "kl_coef", "policy_loss", "value_loss")
+    steps = {run: [tuple(r[key] for key in figures) for r in records(run) if "reward" in r] for run in (whole, resumed)}
+    assert [step[4] for step in steps[whole]] == [0.05, adapted]
+    assert steps[resumed] == steps[whole][1:]  # step 2 exactly as the uninterrupted run had it
+    assert steps[whole][1][3] != 0.0  # the coefficient acted on step 2's penalty
+    for name in ("model-policy.safetensors", "model-value.safetensors"):
+        expected, actual = load_weights(whole / "step-000002" / name), load_weights(resumed / "step-000002" / name)
+        assert all(torch.equal(expected[key], actual[key]) for key in expected), name
+    assert (resumed / "step-000002" / "task_state.json").read_text() == (whole / "step-000002" / "task_state.json").read_text()
+
+
+def test_frozen_references_hold_no_optimizer_state_and_a_soup_costs_what_one_model_costs(sft_run, gsm_dir, self_soup,
+                                                                                          tmp_path):
+    result = bench_rl.run_configuration(SALSA, rl_overrides(sft_run, gsm_dir, self_soup, tmp_path / "rl"), steps=2)
+    memory = result["memory"]
+    parameters = sum(p.numel() for p in tiny_openelm().parameters()) * 4  # fp32
+    tensors = len(list(tiny_openelm().parameters()))
+    assert {name: m["role"] for name, m in memory.items()} == {"policy": "trained", "sft": "frozen",
+                                                               "reference": "frozen", "value": "trained"}
+    for name in ("sft", "reference"):  # inference only: not in the optimizer, no gradients, no state
+        assert memory[name]["in_optimizer"] == memory[name]["requires_grad"] == 0
+        assert memory[name]["optimizer_bytes"] == memory[name]["gradient_bytes"] == 0
+        assert memory[name]["parameter_bytes"] == parameters  # the soup is one model's weights, not two
+    # AdamW: two moments per parameter and a 4-byte step count per tensor.
+    assert memory["policy"]["optimizer_bytes"] == 2 * parameters + 4 * tensors
+    assert set(result["time_s"]) == set(bench_rl.PARTS)
+
+
 @pytest.mark.parametrize("recipe", ["sft_a", "sft_b", "reward", "ppo", "salsa"])
 def test_the_shipped_recipes_are_valid(recipe):
     load_recipe(f"rlhf/{recipe}.yaml", [], get_registries())
+
+
+def test_model_name_for_an_evaluator_that_takes_none_is_one_line(tmp_path, capsys):
+    from toolkit.cli import eval as eval_cli
+
+    code = run_cli(eval_cli.main_with_arguments, ["linear_probe", "--model", str(tmp_path), "--model-name", "policy",
+                                                  "--output", str(tmp_path / "out")])
+    assert code == 2 and capsys.readouterr().err.startswith("error: evaluator 'linear_probe' takes no --model-name")
+    assert not (tmp_path / "out").exists()
