@@ -206,10 +206,20 @@ def _parse_overrides(overrides: list[str]) -> Any:
     # `key=` means the empty string, as in Hydra (OmegaConf alone reads it as null); `key=null`
     # still gives None.
     overrides = [f"{item}''" if item.endswith("=") else item for item in overrides]
-    try:
-        return OmegaConf.from_dotlist(overrides)
-    except OmegaConfBaseException as error:
-        raise RecipeError(f"bad override: {error}".splitlines()[0]) from error
+    parsed = OmegaConf.create({})
+    for item in overrides:
+        try:
+            parsed = OmegaConf.merge(parsed, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as error:
+            raise RecipeError(f"bad override: {error}".splitlines()[0]) from error
+        except yaml.YAMLError as error:  # the value is read as YAML: `{a:[b]}` is not a mapping there
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            mark = getattr(error, "problem_mark", None)
+            column = f" at column {mark.column + 1} of the value" if mark is not None else ""
+            raise RecipeError(f"override '{item}': the value is not valid YAML ({problem}{column})",
+                              hint="in a flow mapping put a space after each colon ({key: [a, b]}), "
+                                   "or quote the value") from error
+    return parsed
 
 
 def _component(section: str, kind: str, values: Any, registries: Registries) -> ComponentSpec:

@@ -63,6 +63,7 @@ def test_interpolation_between_sections(tmp_path, registries):
         ("model.name=nope", ["unknown model 'nope'", "openelm-270M"]),
         ("trainr.max_steps=3", ["unknown recipe section 'trainr'", "did you mean 'trainer'"]),
         ("oops", ["override 'oops'"]),
+        ("model.extra={a:[b]}", ["override 'model.extra={a:[b]}'", "not valid YAML", "column 3", "space after"]),
     ],
 )
 def test_bad_recipes_get_one_clear_message(tmp_path, registries, override, fragments):
