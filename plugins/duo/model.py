@@ -43,6 +43,9 @@ class DuoConfig(OpenELMConfig):
         if self.activation_checkpointing:
             # Recomputing a block in backward would draw a second, different random route.
             raise ValueError("activation_checkpointing is not supported by duo models")
+        if self.ffn_activation != "silu" or self.relu_after_norm:
+            # Duo's blocks and routed FFNs compute SwiGLU after plain norms (routed_ffn.py).
+            raise ValueError("duo models are SwiGLU only: ffn_activation must be silu and relu_after_norm false")
         make_router(self.router, dict(self.router_options), self.num_layers)  # bad options fail at load
 
     def small_layer_widths(self) -> list[LayerWidths]:

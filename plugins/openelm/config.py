@@ -36,6 +36,9 @@ def layer_multipliers(bounds: list[float], num_layers: int) -> list[float]:
 # The values of `OpenELMConfig.attention` (model.attend runs them).
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_math", "matmul")
 
+# The values of `OpenELMConfig.ffn_activation`: the gate's nonlinearity in the gated FFN.
+FFN_ACTIVATIONS = ("silu", "relu", "shifted_relu")
+
 
 @dataclass(frozen=True)
 class LayerWidths:
@@ -78,6 +81,13 @@ class OpenELMConfig:
     # sdpa_flash / sdpa_efficient / sdpa_math (that SDPA backend only; an error where it cannot
     # run), or matmul (explicit batched matmuls and softmax, S x S probabilities kept)
     attention: str = "sdpa"
+    # Relufication (ReLU Strikes Back, Mirzadeh et al. 2024). The FFN computes act(gate) * up with
+    # act silu (SwiGLU, the published models), relu (stage 1: exact zeros, so sparse decoding can
+    # skip those neurons) or shifted_relu, relu(gate - activation_shift) (more zeros for b > 0).
+    # No parameter changes: a silu checkpoint loads into a relu model for fine-tuning.
+    ffn_activation: str = "silu"
+    activation_shift: float = 0.0  # b of shifted_relu; must stay 0 for the other activations
+    relu_after_norm: bool = False  # stage 2: relu on the outputs of the pre-attention and pre-FFN norms
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "max_context_length", "num_layers", "model_dim", "head_dim",
@@ -92,6 +102,11 @@ class OpenELMConfig:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {self.attention!r}")
+        if self.ffn_activation not in FFN_ACTIVATIONS:
+            raise ValueError(f"ffn_activation must be one of {', '.join(FFN_ACTIVATIONS)}, got {self.ffn_activation!r}")
+        if self.activation_shift != 0.0 and self.ffn_activation != "shifted_relu":
+            raise ValueError(f"activation_shift {self.activation_shift} needs ffn_activation: shifted_relu, "
+                             f"got {self.ffn_activation!r}")
         for name in ("qkv_multipliers", "ffn_multipliers"):
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} must be [first_layer, last_layer], got {getattr(self, name)}")

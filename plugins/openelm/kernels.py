@@ -149,6 +149,21 @@ def swiglu(fused: torch.Tensor) -> torch.Tensor:
     return _SwiGLU.apply(fused)
 
 
+def gated_activation(fused: torch.Tensor, activation: str, shift: float = 0.0, inference: bool = False) -> torch.Tensor:
+    """act(gate) * up for fused [..., 2F] = [gate | up] -> [..., F] (config.ffn_activation).
+
+    silu is SwiGLU (the hand-written kernel when training, the plain formula at inference);
+    relu and shifted_relu, relu(gate - shift), give exact zeros wherever the gate is at or below
+    the shift, which is what sparse decoding skips.
+    """
+    if activation == "silu":
+        return swiglu_reference(fused) if inference else swiglu(fused)
+    gate, up = fused.chunk(2, dim=-1)  # [..., F] each
+    if shift:
+        gate = gate - shift
+    return F.relu(gate) * up
+
+
 # --- causal attention by batched matmuls, for short sequences in bf16 on CPU ----------------------
 
 

@@ -1,6 +1,7 @@
 """The OpenELM decoder-only transformer, readable top to bottom.
 
 token ids -> embedding -> N x [RMSNorm -> attention -> residual, RMSNorm -> SwiGLU FFN -> residual]
+(relufied models: ReLU for SiLU in the FFN, optionally a ReLU after each norm; config.py)
 -> RMSNorm -> tied output head -> logits. Each block has its own widths (layer-wise scaling, see
 config.py). Attention: one fused QKV projection (rows: queries, then keys, then values), per-head
 RMSNorm on queries and keys, rotate-half RoPE applied after that norm, causal grouped-query
@@ -19,6 +20,7 @@ S sequence, D model width, H query heads, K KV heads, E head width, F FFN width,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +31,11 @@ from torch.utils.checkpoint import checkpoint
 from plugins.openelm.config import LayerWidths, OpenELMConfig
 from plugins.openelm.kernels import (
     apply_rope,
+    gated_activation,
     matmul_causal_attention,
     rms_norm,
     rms_norm_reference,
     rope_reference,
-    swiglu,
-    swiglu_reference,
 )
 from plugins.openelm.kv_cache import KVCache
 
@@ -156,36 +157,67 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: proj_2(silu(gate) * up), with gate and up computed by one fused matmul (gate first)."""
+    """Gated FFN: proj_2(act(gate) * up), gate and up from one fused matmul (gate first).
+
+    act is silu (SwiGLU) unless the config relufies it (config.ffn_activation)."""
 
     def __init__(self, config: OpenELMConfig, widths: LayerWidths) -> None:
         super().__init__()
+        self.activation = config.ffn_activation
+        self.shift = config.activation_shift
         self.proj_1 = nn.Linear(config.model_dim, 2 * widths.ffn_dim, bias=False)
         self.proj_2 = nn.Linear(widths.ffn_dim, config.model_dim, bias=False)
 
+    def intermediate(self, x: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        """The activations proj_2 reads: x [B, S, D] -> [B, S, F] (exact zeros where relu cuts)."""
+        return gated_activation(self.proj_1(x), self.activation, self.shift, inference)  # [B, S, 2F] -> [B, S, F]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_2(swiglu(self.proj_1(x)))  # [B, S, 2F] -> [B, S, F] -> [B, S, D]
+        return self.proj_2(self.intermediate(x))  # [B, S, F] -> [B, S, D]
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """The same FFN for decoding: plain tensor ops, no autograd.Function overhead."""
+        return self.proj_2(self.intermediate(x, inference=True))  # [B, S, D]
+
+
+# The FFN of one decoding step, replaceable (plugins.sparse computes only the active neurons):
+# (layer index, FFN input [B, S, D], already normed) -> FFN output [B, S, D].
+FFNStep = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """One pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x)).
+
+    With config.relu_after_norm (relufication stage 2) each norm's output goes through a relu,
+    so the inputs of the QKV projection and of the FFN are sparse too."""
 
     def __init__(self, config: OpenELMConfig, widths: LayerWidths) -> None:
         super().__init__()
         self.widths = widths
+        self.relu_after_norm = config.relu_after_norm
         self.attn_norm = RMSNorm(config.model_dim, config.norm_eps)
         self.attn = Attention(config, widths)
         self.ffn_norm = RMSNorm(config.model_dim, config.norm_eps)
         self.ffn = FeedForward(config, widths)
 
+    def after_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """A norm's output as the next layer reads it: relu'd in stage 2, else unchanged."""
+        return F.relu(x) if self.relu_after_norm else x
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)  # [B, S, D]
-        return x + self.ffn(self.ffn_norm(x))  # [B, S, D]
+        x = x + self.attn(self.after_norm(self.attn_norm(x)), cos, sin)  # [B, S, D]
+        return x + self.ffn(self.after_norm(self.ffn_norm(x)))  # [B, S, D]
+
+    def ffn_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the FFN reads at decoding: the normed (stage 2: and relu'd) residual [B, S, D]."""
+        return self.after_norm(self.ffn_norm.inference(x))
 
     def forward_step(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache, layer: int,
-                     mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-        x = x + self.attn.forward_step(self.attn_norm.inference(x), cos, sin, cache, layer, mask, is_causal)
-        return x + self.ffn.proj_2(swiglu_reference(self.ffn.proj_1(self.ffn_norm.inference(x))))  # [B, S, D]
+                     mask: torch.Tensor | None, is_causal: bool, ffn_step: FFNStep | None = None) -> torch.Tensor:
+        x = x + self.attn.forward_step(self.after_norm(self.attn_norm.inference(x)), cos, sin, cache, layer, mask,
+                                       is_causal)
+        hidden = self.ffn_input(x)  # [B, S, D]
+        return x + (self.ffn.step(hidden) if ffn_step is None else ffn_step(layer, hidden))  # [B, S, D]
 
 
 class OpenELM(nn.Module):
@@ -269,12 +301,14 @@ class OpenELM(nn.Module):
         cache: KVCache,
         attention_mask: torch.Tensor | None = None,
         last_only: bool = False,
+        ffn_step: FFNStep | None = None,
     ) -> torch.Tensor:
         """Logits [B, S, V] (or [B, 1, V] with `last_only`) for `input_ids` [B, S] following `cache`.
 
         Appends the new keys and values to `cache`. `attention_mask` [B, S] (1 = token, 0 = padding)
         is for a left-padded prompt: padding is never attended and each row's RoPE positions start
         at 0 on its first real token. Prefill with the whole prompt, then feed one token per step.
+        `ffn_step` replaces every block's FFN (see FFNStep; plugins.sparse's sparse decoding).
         """
         seq = input_ids.shape[1]
         start = cache.length
@@ -293,7 +327,7 @@ class OpenELM(nn.Module):
         cos, sin = cos_table[positions].unsqueeze(2), sin_table[positions].unsqueeze(2)  # [B, S, 1, E/2]
         x = self.token_embeddings(input_ids)  # [B, S, D]
         for index, layer in enumerate(self.layers):
-            x = layer.forward_step(x, cos, sin, cache, index, mask, is_causal)
+            x = layer.forward_step(x, cos, sin, cache, index, mask, is_causal, ffn_step)
         cache.advance(seq)
         if last_only:
             x = x[:, -1:]

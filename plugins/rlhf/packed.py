@@ -69,7 +69,7 @@ def packed_hidden(model: OpenELM, input_ids: torch.Tensor, document_ids: torch.T
     x = model.token_embeddings(input_ids)  # [B, S, D]
     for layer in model.layers:
         attention = layer.attn
-        normed = layer.attn_norm(x)
+        normed = layer.after_norm(layer.attn_norm(x))
         qkv = attention.qkv_proj(normed).view(batch, seq, -1, config.head_dim)  # [B, S, H + 2K, E]
         q, k, v = qkv.split([attention.num_query_heads, attention.num_kv_heads, attention.num_kv_heads], dim=2)
         if attention.q_norm is not None:
@@ -81,7 +81,7 @@ def packed_hidden(model: OpenELM, input_ids: torch.Tensor, document_ids: torch.T
                                              enable_gqa=attention.num_kv_heads != attention.num_query_heads)
         out = out.transpose(1, 2).reshape(batch, seq, attention.num_query_heads * config.head_dim)  # [B, S, H*E]
         x = x + attention.out_proj(out)
-        x = x + layer.ffn(layer.ffn_norm(x))  # [B, S, D]
+        x = x + layer.ffn(layer.after_norm(layer.ffn_norm(x)))  # [B, S, D]
     return model.norm(x)
 
 

@@ -28,6 +28,8 @@ ALLOWED_PLUGIN_EDGES = {
     ("rlhf", "gsm_symbolic"),  # SFT and RL prompts are generated from the GSM-Symbolic templates
     ("duo", "openelm"),  # Duo-LLM's blocks are OpenELM's, with a small FFN beside the big one
     ("duo", "lm"),  # the duo_lm task extends causal_lm; tests decode with the lm plugin's sampler
+    ("sparse", "openelm"),  # sparse decoding runs OpenELM's blocks with only the active FFN neurons
+    ("sparse", "lm"),  # tests and the benchmark decode with the lm plugin's sampler
 }
 
 Sources = dict[str, tuple[str, bool]]  # module name -> (source text, is it a package's __init__)

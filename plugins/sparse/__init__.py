@@ -1,0 +1,37 @@
+"""The sparse plugin: relufied OpenELMs (ReLU Strikes Back) decoded computing only active FFN neurons.
+
+Registers
+    evaluator `relu_stats`   per-layer activation sparsity, aggregated sparsity over windows of k
+                             tokens, FFN FLOPs saved, validation loss, and optionally low-rank
+                             activation predictors with their precision and recall (evaluator.py)
+    recipes under `sparse/`  `sparse/relufy_tiny.yaml`: a trained `openelm/tiny.yaml` run
+                             fine-tuned with ReLU in its FFN
+
+and provides the sparse decoding pieces: `SparseOpenELM` / `SparseFFN` (sparse_ffn.py), the
+active-set sources (true pattern, all-active, `PredictedPattern`), and the `RowProvider`
+interface for where a neuron's weights come from (provider.py; `DramRowProvider` in memory).
+The model option itself (`ffn_activation`, `activation_shift`, `relu_after_norm`) is OpenELM's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plugins.sparse.evaluator import ReluStatsConfig, build_relu_stats
+from plugins.sparse.provider import DramRowProvider, RowProvider
+from plugins.sparse.sparse_ffn import AllActive, SparseFFN, SparseOpenELM, TruePattern
+from toolkit import hookimpl
+
+__all__ = ["AllActive", "DramRowProvider", "RowProvider", "SparseFFN", "SparseOpenELM", "TruePattern"]
+
+RECIPES_DIR = Path(__file__).resolve().with_name("recipes")  # shipped as package data
+
+
+@hookimpl
+def register_evaluators(register):
+    register("relu_stats", build_relu_stats, config=ReluStatsConfig)
+
+
+@hookimpl
+def register_recipe_dirs(register):
+    register(RECIPES_DIR, namespace="sparse")

@@ -1,0 +1,117 @@
+"""Sparse FFN decoding: compute only the FFN neurons a token uses, on an OpenELM's KV-cache path.
+
+For a gated FFN out = (act(h W_g^T) * (h W_u^T)) W_d^T, a neuron whose activation is zero adds
+nothing, so with the active set A known the FFN is act(h W_g[A]^T) * (h W_u[A]^T) @ W_d[:, A]^T:
+3 |A| D multiply-adds and 3 |A| D weights read instead of 3 F D. Two parts stay apart:
+
+- an `ActiveSetSource` says which neurons: `active(layer, h [B, S, D]) -> mask [B, S, F]` (bool),
+  or None for "all of them". `TruePattern` reads it off the gate (an oracle: it computes the
+  whole gate projection, so it only shows the ceiling); `AllActive` is the dense control;
+  predictor.py's `PredictedPattern` guesses it from h with a low-rank network, before the FFN.
+- a `RowProvider` (provider.py) says where the active neurons' weights come from.
+
+With several tokens at once (prefill, a batch) the neurons any token uses are gathered once and
+each token's own mask zeroes the rest, so each token still sees exactly its own active set.
+When every neuron is active the model's own dense FFN runs instead of a full gather: identical
+results (the test's "all predicted active equals dense exactly") and no copy.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from plugins.openelm.kernels import gated_activation
+from plugins.openelm.model import OpenELM
+from plugins.sparse.provider import DramRowProvider, RowProvider
+
+
+class ActiveSetSource(Protocol):
+    """Which FFN neurons each token uses: mask [B, S, F] (True = compute it), None = every one."""
+
+    def active(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        ...
+
+
+class AllActive:
+    """Every neuron, every token: the dense FFN."""
+
+    def active(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class TruePattern:
+    """The exact active set of a relu model, read off its gate (gate > shift): an oracle."""
+
+    def __init__(self, model: OpenELM) -> None:
+        self.model = model
+
+    def active(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        ffn = self.model.layers[layer].ffn
+        if ffn.activation == "silu":
+            return None  # silu is never exactly zero: every neuron is active
+        gate_rows = ffn.proj_1.weight[: ffn.proj_2.weight.shape[1]]  # [F, D]
+        return torch.nn.functional.linear(hidden, gate_rows) > ffn.shift  # [B, S, F]
+
+
+class SparseFFN:
+    """The FFN step of sparse decoding (an OpenELM FFNStep): active rows only.
+
+    Counts the neurons whose rows it gathered (`neurons_read`) and the FFN calls, so a benchmark
+    can report bytes read per token.
+    """
+
+    def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None) -> None:
+        self.model = model
+        self.source = source
+        self.provider = provider if provider is not None else DramRowProvider(model.layers)
+        self.neurons_read = 0
+        self.dense_calls = 0
+
+    def __call__(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, D] (the normed FFN input) -> the FFN output [B, S, D]."""
+        ffn = self.model.layers[layer].ffn
+        mask = self.source.active(layer, hidden)  # [B, S, F] or None
+        if mask is None or bool(mask.all()):
+            self.dense_calls += 1
+            return ffn.step(hidden)
+        used = mask.flatten(0, -2).any(dim=0)  # [F]: neurons some token needs
+        neuron_ids = used.nonzero().squeeze(1)  # [n]
+        self.neurons_read += neuron_ids.numel()
+        gate_up_rows, down_rows = self.provider.rows(layer, neuron_ids)  # [2n, D], [n, D]
+        fused = torch.nn.functional.linear(hidden, gate_up_rows)  # [B, S, 2n] = [gate | up]
+        activations = gated_activation(fused, ffn.activation, ffn.shift, inference=True)  # [B, S, n]
+        if hidden.shape[0] * hidden.shape[1] > 1:  # each token keeps only its own neurons
+            activations = activations * mask.index_select(-1, neuron_ids)
+        return activations @ down_rows  # [B, S, D]
+
+
+class SparseOpenELM(nn.Module):
+    """An OpenELM that decodes with a SparseFFN: `make_cache` / `forward_step` as OpenELM's.
+
+    `forward(input_ids)` runs the same sparse path over a whole sequence (a prefill into a fresh
+    cache), so validation loss is measured on the path that is timed. Samplers that take
+    OpenELM's cached-decoding interface (plugins.lm.sampling) take this model unchanged.
+    """
+
+    def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.sparse_ffn = SparseFFN(model, source, provider)
+
+    def make_cache(self, batch_size: int, max_length: int, device=None, dtype: torch.dtype | None = None):
+        return self.model.make_cache(batch_size, max_length, device, dtype)
+
+    @torch.no_grad()
+    def forward_step(self, input_ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None,
+                     last_only: bool = False) -> torch.Tensor:
+        return self.model.forward_step(input_ids, cache, attention_mask, last_only, ffn_step=self.sparse_ffn)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] of the sparse path for input_ids [B, S]."""
+        cache = self.make_cache(input_ids.shape[0], input_ids.shape[1])
+        return self.forward_step(input_ids, cache)
