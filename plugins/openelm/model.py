@@ -327,7 +327,9 @@ class OpenELM(nn.Module):
         cos, sin = cos_table[positions].unsqueeze(2), sin_table[positions].unsqueeze(2)  # [B, S, 1, E/2]
         x = self.token_embeddings(input_ids)  # [B, S, D]
         for index, layer in enumerate(self.layers):
-            x = layer.forward_step(x, cos, sin, cache, index, mask, is_causal, ffn_step)
+            # Only a replaced FFN is passed on: subclassed blocks (plugins.duo) keep their own signature.
+            extra = {} if ffn_step is None else {"ffn_step": ffn_step}
+            x = layer.forward_step(x, cos, sin, cache, index, mask, is_causal, **extra)
         cache.advance(seq)
         if last_only:
             x = x[:, -1:]
