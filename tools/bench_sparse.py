@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from plugins.lm.loading import run_sequences
 from plugins.openelm.kernels import gated_activation
-from plugins.sparse.evaluator import fit_predictors, split_sequences
+from plugins.sparse.evaluator import fit_predictors
 from plugins.sparse.predictor import PredictedPattern, PredictorConfig, precision_recall
 from plugins.sparse.provider import DramRowProvider
 from plugins.sparse.sparse_ffn import SparseOpenELM, TruePattern
@@ -121,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(arguments.threads)
     loaded = load_model(arguments.model)
     model = loaded.model.float().eval()
-    train_ids, _ = split_sequences(loaded.recipe, "train", arguments.train_sequences)
-    val_ids, val_labels = split_sequences(loaded.recipe, "val", arguments.val_sequences)
+    train_ids, _ = run_sequences(loaded.recipe, "train", arguments.train_sequences)
+    val_ids, val_labels = run_sequences(loaded.recipe, "val", arguments.val_sequences)
     config = PredictorConfig(arguments.predictor_rank, arguments.threshold, arguments.predictor_steps)
     predictors = fit_predictors(model, train_ids, config)
     inputs, activations, logits = record_ffn(model, val_ids)
-    recalls = [precision_recall(p.predict(h), a != 0) for p, h, a in zip(predictors, inputs, activations)]
+    scores = [precision_recall(p.predict(h), a != 0) for p, h, a in zip(predictors, inputs, activations)]
     sparse_model = SparseOpenELM(model, PredictedPattern(predictors), DramRowProvider(model.layers))
     dense_loss = validation_loss(logits, val_labels)
     sparse_loss = validation_loss(sparse_model(val_ids), val_labels)
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     result["quality"] = {"dense_val_loss": dense_loss, "sparse_val_loss": sparse_loss,
                          "relative_change": (sparse_loss - dense_loss) / dense_loss}
     result["predictor"] = {"rank": arguments.predictor_rank, "threshold": arguments.threshold,
-                           "precision_recall_per_layer": recalls}
+                           "layers": [{"precision": round(p, 4), "recall": round(r, 4)} for p, r in scores]}
     width = arguments.micro_width
     result["ffn_micro"] = {"width": width, "ffn_dim": 4 * width,
                            "rows": ffn_micro(width, 4 * width, [0.05, 0.1, 0.25, 0.5], repeats=20)}

@@ -16,27 +16,14 @@ from pathlib import Path
 import torch
 
 from plugins.duo.oracle import OracleSearchConfig, search
+from plugins.lm.loading import run_sequences
 from toolkit.cli.common import ArgumentParser, run_cli
 from toolkit.errors import RecipeError
 
 
 def validation_sequences(recipe: dict, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `count` validation (input_ids, labels) rows [N, S] of a run's data section."""
-    from toolkit.config import build_config
-    from toolkit.data import ShardInfo
-    from toolkit.plugins import get_registries
-
-    section = dict(recipe["data"])
-    component = get_registries()["datasets"].get(section.pop("name"))
-    config = build_config(component.config_class, section, "data")
-    source = component.factory(config, "val", ShardInfo(0, 1, int(recipe.get("trainer", {}).get("seed", 0)), 1))
-    inputs, labels = [], []
-    for batch in source:
-        inputs.append(batch["input_ids"])
-        labels.append(batch["labels"])
-        if sum(len(rows) for rows in inputs) >= count:
-            break
-    return torch.cat(inputs)[:count], torch.cat(labels)[:count]
+    return run_sequences(recipe, "val", count)
 
 
 def main_with_arguments(argv: list[str]) -> int:

@@ -115,3 +115,27 @@ def load_language_model(spec: str, device: str, tokenizer: str | None = None,
         return load_hf_language_model(path, device)
     raise CheckpointError(f"{path}: not a checkpoint: neither a toolkit run or checkpoint directory, a "
                           "Hugging Face model directory (config.json) nor a GGUF file", hint=ACCEPTED_MODELS)
+
+
+def run_sequences(recipe: dict, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` (input_ids, labels) rows [N, S] of a run's own data (its recipe's data section).
+
+    `split` is "train" or "val"; for analyses that read a trained model on the data it saw.
+    """
+    from toolkit.config import build_config
+    from toolkit.data import ShardInfo
+    from toolkit.plugins import get_registries
+
+    section = dict(recipe["data"])
+    component = get_registries()["datasets"].get(section.pop("name"))
+    config = build_config(component.config_class, section, "data")
+    source = component.factory(config, split, ShardInfo(0, 1, int(recipe.get("trainer", {}).get("seed", 0)), 1))
+    inputs, labels = [], []
+    for batch in source:
+        inputs.append(batch["input_ids"])
+        labels.append(batch["labels"])
+        if sum(len(rows) for rows in inputs) >= count:
+            break
+    if not inputs:
+        raise DataError(f"the run's data section gives no {split} sequences")
+    return torch.cat(inputs)[:count], torch.cat(labels)[:count]

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from plugins.lm.loading import run_sequences
 from plugins.openelm.model import OpenELM
 from plugins.sparse.predictor import PredictedPattern, PredictorConfig, precision_recall, train_predictor
 from plugins.sparse.sparse_ffn import SparseOpenELM
@@ -44,27 +45,6 @@ class ReluStatsConfig:
         if self.predictor_rank < 0:
             raise ValueError(f"predictor_rank must be >= 0, got {self.predictor_rank}")
         PredictorConfig(max(1, self.predictor_rank), self.predictor_threshold, self.predictor_steps)  # checks
-
-
-def split_sequences(recipe: dict, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` (input_ids, labels) rows [N, S] of a run's data section, `split` train or val."""
-    from toolkit.config import build_config
-    from toolkit.data import ShardInfo
-    from toolkit.plugins import get_registries
-
-    section = dict(recipe["data"])
-    component = get_registries()["datasets"].get(section.pop("name"))
-    config = build_config(component.config_class, section, "data")
-    source = component.factory(config, split, ShardInfo(0, 1, int(recipe.get("trainer", {}).get("seed", 0)), 1))
-    inputs, labels = [], []
-    for batch in source:
-        inputs.append(batch["input_ids"])
-        labels.append(batch["labels"])
-        if sum(len(rows) for rows in inputs) >= count:
-            break
-    if not inputs:
-        raise ToolkitError(f"relu_stats: the run's data has no {split} sequences")
-    return torch.cat(inputs)[:count], torch.cat(labels)[:count]
 
 
 def fit_predictors(model: OpenELM, input_ids: torch.Tensor, config: PredictorConfig) -> list:
@@ -103,7 +83,7 @@ class ReluStatsEvaluator:
 
     def evaluate(self, loaded, context) -> dict[str, Any]:
         config, model = self.config, loaded.model
-        input_ids, labels = split_sequences(loaded.recipe, "val", context.limit or config.sequences)
+        input_ids, labels = run_sequences(loaded.recipe, "val", context.limit or config.sequences)
         inputs, activations, logits = record_ffn(model, input_ids)
         dense_loss = validation_loss(logits, labels)
         layers = layer_statistics(model, inputs, activations, config.windows)
@@ -114,7 +94,7 @@ class ReluStatsEvaluator:
         }
         if config.predictor_rank > 0:
             predictor_config = PredictorConfig(config.predictor_rank, config.predictor_threshold, config.predictor_steps)
-            train_ids, _ = split_sequences(loaded.recipe, "train", config.predictor_sequences)
+            train_ids, _ = run_sequences(loaded.recipe, "train", config.predictor_sequences)
             predictors = fit_predictors(model, train_ids, predictor_config)
             metrics["predictor"] = {"rank": config.predictor_rank, "threshold": config.predictor_threshold,
                                     **predictor_report(model, predictors, inputs, activations, input_ids, labels,

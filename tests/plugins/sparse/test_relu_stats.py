@@ -53,7 +53,7 @@ def test_evaluator_matches_direct_measurement(monkeypatch, tmp_path):
     model = tiny_openelm(ffn_activation="relu")
     sequences = {"val": prompt(16, batch=2, seed=4), "train": prompt(16, batch=3, seed=5)}
     labels = torch.roll(sequences["val"], -1, dims=1)
-    monkeypatch.setattr(relu_stats, "split_sequences",
+    monkeypatch.setattr(relu_stats, "run_sequences",
                         lambda recipe, split, count: (sequences[split][:count], labels[:count]))
     config = ReluStatsConfig(sequences=2, windows=[1, 8], predictor_rank=8, predictor_steps=20, predictor_sequences=3)
     metrics = ReluStatsEvaluator(config).evaluate(SimpleNamespace(model=model, recipe={}),
