@@ -69,11 +69,14 @@ def weight_bytes(model) -> dict[str, int]:
 
 
 def ffn_micro(width: int, ffn_dim: int, fractions: list[float], repeats: int) -> list[dict]:
-    """Median seconds of one token through a dense gated FFN vs gathered rows of `fraction` of it."""
+    """Median seconds of one token through a dense gated FFN vs SparseFFN's gathered rows of `fraction` of it.
+
+    The sparse side is what SparseFFN does per layer: DramRowProvider.rows, then two matmuls.
+    """
     torch.manual_seed(0)
     fused = torch.randn(2 * ffn_dim, width) * 0.02  # [2F, D]
     down = torch.randn(width, ffn_dim) * 0.02  # [D, F]
-    down_rows = down.t().contiguous()  # [F, D]: neuron-major, as DramRowProvider keeps it
+    provider = DramRowProvider([(fused, down)])
     hidden = torch.randn(1, 1, width)
 
     def dense():
@@ -92,9 +95,8 @@ def ffn_micro(width: int, ffn_dim: int, fractions: list[float], repeats: int) ->
         ids = torch.randperm(ffn_dim)[: int(fraction * ffn_dim)].sort().values
 
         def sparse(ids=ids):
-            gate_up = fused.index_select(0, torch.cat((ids, ids + ffn_dim)))
-            activations = gated_activation(torch.nn.functional.linear(hidden, gate_up), "relu")
-            return activations @ down_rows.index_select(0, ids)
+            gate_up, down_rows = provider.rows(0, ids)  # [2n, D], [n, D]
+            return gated_activation(torch.nn.functional.linear(hidden, gate_up), "relu") @ down_rows
 
         rows.append({"active_fraction": fraction, "seconds": timed(sparse), "mode": "gathered"})
     dense_seconds = rows[0]["seconds"]
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     predictors = fit_predictors(model, train_ids, config)
     inputs, activations, logits = record_ffn(model, val_ids)
     scores = [precision_recall(p.predict(h), a != 0) for p, h, a in zip(predictors, inputs, activations)]
-    sparse_model = SparseOpenELM(model, PredictedPattern(predictors), DramRowProvider(model.layers))
+    sparse_model = SparseOpenELM(model, PredictedPattern(predictors), DramRowProvider.from_layers(model.layers))
     dense_loss = validation_loss(logits, val_labels)
     sparse_loss = validation_loss(sparse_model(val_ids), val_labels)
 

@@ -41,28 +41,38 @@ class RowProvider(Protocol):
 
 
 class DramRowProvider:
-    """Rows gathered from the model's own weights in memory.
+    """Rows gathered from the model's own weights in memory, into preallocated buffers.
 
     The fused `proj_1.weight` [2F, D] is already neuron-major (gate row i, up row F + i), so its
     rows are gathered in place, in one index_select. The down projection [D, F] is copied once,
     transposed to [F, D], so that a neuron's down column is one contiguous row (gathering columns
     of the original would touch every cache line of it, reading all the bytes sparsity saves).
+    The gathers write into buffers allocated once per layer at full size: a fresh allocation per
+    token would be fresh pages from the OS, whose faults cost about as much as the copy itself.
+    The returned tensors are views of those buffers, overwritten by the next `rows` call.
     """
 
-    def __init__(self, layers: nn.ModuleList) -> None:
-        self.gate_up: list[torch.Tensor] = []
-        self.down: list[torch.Tensor] = []
-        with torch.no_grad():
-            for layer in layers:
-                self.gate_up.append(layer.ffn.proj_1.weight.detach())  # [2F, D], shared with the model
-                self.down.append(layer.ffn.proj_2.weight.detach().t().contiguous())  # [F, D], a copy
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """pairs: per layer (fused gate/up weight [2F, D], down-projection weight [D, F])."""
+        self.gate_up = [fused for fused, _ in pairs]  # [2F, D] each, shared with the model
+        self.down = [down.t().contiguous() for _, down in pairs]  # [F, D] each, a copy
+        self.gate_up_buffers = [torch.empty_like(fused) for fused in self.gate_up]  # [2F, D]
+        self.down_buffers = [torch.empty_like(down) for down in self.down]  # [F, D]
+
+    @classmethod
+    def from_layers(cls, layers: nn.ModuleList) -> DramRowProvider:
+        """The provider of an OpenELM's blocks (`model.layers`)."""
+        return cls([(layer.ffn.proj_1.weight.detach(), layer.ffn.proj_2.weight.detach()) for layer in layers])
 
     def ffn_dim(self, layer: int) -> int:
         return self.down[layer].shape[0]
 
     def rows(self, layer: int, neuron_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = neuron_ids.numel()
         both = torch.cat((neuron_ids, neuron_ids + self.ffn_dim(layer)))  # [2n]: gate rows, then up rows
-        return self.gate_up[layer].index_select(0, both), self.down[layer].index_select(0, neuron_ids)
+        gate_up = torch.index_select(self.gate_up[layer], 0, both, out=self.gate_up_buffers[layer][: 2 * count])
+        down = torch.index_select(self.down[layer], 0, neuron_ids, out=self.down_buffers[layer][:count])
+        return gate_up, down  # [2n, D], [n, D]
 
     def bytes_per_neuron(self, layer: int) -> int:
         """Bytes of one neuron's three vectors: what reading it costs."""

@@ -66,7 +66,7 @@ class SparseFFN:
     def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None) -> None:
         self.model = model
         self.source = source
-        self.provider = provider if provider is not None else DramRowProvider(model.layers)
+        self.provider = provider if provider is not None else DramRowProvider.from_layers(model.layers)
         self.neurons_read = 0
         self.dense_calls = 0
 

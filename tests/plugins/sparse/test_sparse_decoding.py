@@ -91,7 +91,7 @@ def test_batched_prefill_keeps_each_tokens_own_neurons_and_sampling_agrees():
 
 def test_dram_provider_hands_out_gate_up_and_down_rows():
     model = tiny_openelm(ffn_activation="relu")
-    provider = DramRowProvider(model.layers)
+    provider = DramRowProvider.from_layers(model.layers)
     assert isinstance(provider, RowProvider)
     ffn = model.layers[2].ffn
     ffn_dim = ffn.proj_2.weight.shape[1]
