@@ -73,3 +73,19 @@ def test_stage_two_relus_the_norm_outputs():
 def test_bad_activation_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
         OpenELMConfig(**TINY, **options)
+
+
+def test_rlhf_packed_forward_honours_stage_two():
+    from plugins.rlhf.packed import packed_logits
+
+    model = tiny_openelm(ffn_activation="relu", relu_after_norm=True)
+    ids = prompt(9)
+    one_document = torch.zeros_like(ids)
+    torch.testing.assert_close(packed_logits(model, ids, one_document), model(ids), rtol=1e-4, atol=1e-4)
+
+
+def test_duo_refuses_relu_options():
+    from plugins.duo.model import DuoConfig
+
+    with pytest.raises(ValueError, match="duo models are SwiGLU only"):
+        DuoConfig(**TINY, ffn_activation="relu")
