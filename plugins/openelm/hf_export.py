@@ -140,14 +140,14 @@ def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries
         name = (loaded.recipe.get("model") or {}).get("name")
         raise CheckpointError(f"{loaded.checkpoint_dir}: model {name!r} is {type(loaded.model).__name__}, "
                               f"not OpenELM; only OpenELM models export to the Hugging Face layout")
-    if tokenizer is not None and not Path(tokenizer).is_file():
-        raise CheckpointError(f"--tokenizer {tokenizer}: no such file")
-    tokenizer_path = Path(tokenizer) if tokenizer else find_run_tokenizer(
-        loaded.checkpoint_dir, loaded.run_dir, loaded.recipe)
     config = loaded.model.config
     if config.ffn_activation != "silu" or config.relu_after_norm:
         raise CheckpointError(f"{loaded.checkpoint_dir}: a relufied model (ffn_activation {config.ffn_activation}, "
                               f"relu_after_norm {config.relu_after_norm}) has no Hugging Face OpenELM equivalent")
+    if tokenizer is not None and not Path(tokenizer).is_file():
+        raise CheckpointError(f"--tokenizer {tokenizer}: no such file")
+    tokenizer_path = Path(tokenizer) if tokenizer else find_run_tokenizer(
+        loaded.checkpoint_dir, loaded.run_dir, loaded.recipe)
     tokens = special_tokens(tokenizer_path, config.vocab_size)
     state = load_weights(loaded.checkpoint_dir / "model.safetensors")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

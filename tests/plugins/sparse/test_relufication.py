@@ -89,3 +89,24 @@ def test_duo_refuses_relu_options():
 
     with pytest.raises(ValueError, match="duo models are SwiGLU only"):
         DuoConfig(**TINY, ffn_activation="relu")
+
+
+def test_hf_export_refuses_a_relufied_run(tmp_path, capsys):
+    import yaml
+
+    from plugins.openelm import export_cli
+    from toolkit.cli.common import run_cli
+    from toolkit.engine.checkpoint import CheckpointContent, save_checkpoint
+
+    from helpers import assert_error_output
+
+    model = tiny_openelm(ffn_activation="relu")
+    run = tmp_path / "run"
+    run.mkdir()
+    recipe = {"model": {"name": "openelm", **TINY, "ffn_activation": "relu"}, "data": {"name": "text_shards"}}
+    save_checkpoint(run, CheckpointContent(step=1, model=model.state_dict(), optimizer={}, scheduler={},
+                                           trainer_state={"step": 1}, recipe_yaml=yaml.safe_dump(recipe)), keep_last=1)
+    code = run_cli(export_cli.run, ["--format", "hf", str(run), "--out", str(tmp_path / "hf")])
+    assert_error_output(code, capsys.readouterr().err, "a relufied model (ffn_activation relu",
+                        "has no Hugging Face OpenELM equivalent")
+    assert not (tmp_path / "hf").exists()
