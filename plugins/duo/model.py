@@ -15,6 +15,8 @@ unregistered `RoutingState`, so the router is registered once, as the model's `r
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +120,16 @@ class DuoOpenELM(OpenELM):
         device = self.token_embeddings.weight.device
         self.router = router.to(device)
         self.routing.router = self.router
+
+    @contextlib.contextmanager
+    def seeded(self, sample_seeds: torch.Tensor | None) -> Iterator[None]:
+        """Inside the block, routers draw per sequence from `sample_seeds` [B] (None: unseeded)."""
+        router = self.routing.router
+        router.sample_seeds = None if sample_seeds is None else [int(seed) for seed in sample_seeds.tolist()]
+        try:
+            yield
+        finally:
+            router.sample_seeds = None
 
     def last_choices(self) -> torch.Tensor:
         """The choices of the last forward (or decoding step): [L, B, S] codes."""

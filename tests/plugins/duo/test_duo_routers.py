@@ -136,3 +136,22 @@ def test_the_tiny_recipe_dry_runs_with_a_learned_router(tmp_path, capsys):
     assert code == 0, out
     assert "layer  5: query heads   8, kv heads  2, ffn dim  1024" in out and "small ffn dim 64" in out
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("router", ["random", "learned"])
+def test_seeded_draws_depend_on_the_sequence_not_on_its_batch_or_the_default_generator(router, token_ids):
+    options = {"estimator": "gumbel"} if router == "learned" else {}
+    duo = tiny_duo(router, **options).train()
+    seeds = torch.tensor([7, 8])
+    with duo.seeded(seeds):
+        duo(token_ids)
+    whole = duo.last_choices()  # [L, B, S]
+    for row in range(2):
+        torch.manual_seed(100 + row)  # the default generator decides nothing
+        with duo.seeded(seeds[row:row + 1]):
+            duo(token_ids[row:row + 1])
+        assert torch.equal(duo.last_choices()[:, 0], whole[:, row])
+    assert duo.router.sample_seeds is None  # only for the batch in flight
+    with duo.seeded(torch.tensor([8, 7])):
+        duo(token_ids)
+    assert not torch.equal(duo.last_choices(), whole)  # the seed, not the row, decides
