@@ -22,12 +22,8 @@ from pathlib import Path
 
 import torch
 
-# duo/tiny.yaml shrunk to seconds: 2 layers, width 32, 16-token windows, 4 steps, an evaluation.
-TINY_DUO = ["model.num_layers=2", "model.model_dim=32", "model.head_dim=8", "model.ffn_dim_divisor=16",
-            "model.small_ffn_ratio=4", "data.seq_len=16", "trainer.max_steps=4", "trainer.save_every=0",
-            "trainer.keep_last=1", "trainer.log_every=1", "trainer.eval_every=2",
-            "trainer.precision=fp32", "schedule.warmup_steps=1", "trainer.peak_flops=1e12",
-            "trainer.progress=false", "trainer.threads=1"]
+from duo_models import TINY_DUO
+
 # budget_weight 0: the budget term is a square of the batch's big share, which DDP averages over ranks
 # as a mean of per-rank squares (not the square of the mean): here the Gumbel draws are what is tested.
 LEARNED = ["model.router=learned", "model.router_options={estimator: gumbel, budget_weight: 0.0}"]
