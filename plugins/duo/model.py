@@ -121,6 +121,11 @@ class DuoOpenELM(OpenELM):
         self.router = router.to(device)
         self.routing.router = self.router
 
+    def route_with(self, name: str, options: dict[str, Any], where: str = "router") -> None:
+        """Route with the registered router `name` built from `options` (RecipeError when it does
+        not fit); for decoding or evaluating the same weights under another routing."""
+        self.set_router(make_router(name, options, self.config.num_layers, where))
+
     @contextlib.contextmanager
     def seeded(self, sample_seeds: torch.Tensor | None) -> Iterator[None]:
         """Inside the block, routers draw per sequence from `sample_seeds` [B] (None: unseeded)."""
