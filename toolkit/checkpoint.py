@@ -283,20 +283,29 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
 
 
 def load_weights_into(model: nn.Module, source: str | Path, name: str | None = None) -> Path:
-    """Load the weights of a run's (trained) model into `model`, strictly; returns the file read."""
+    """Load the weights of a run's (trained) model into `model`, strictly; returns the file read.
+
+    A model with fresh state keys (toolkit.capabilities.FreshState) keeps those as they are.
+    """
+    from toolkit.capabilities import FreshState
+
     checkpoint = resolve_checkpoint(source)
     chosen = _pick_model(checkpoint, model_sections(read_recipe(checkpoint)), name)
     weights = checkpoint / weights_file(chosen)
-    load_state_strict(model, load_weights(weights), weights)
+    fresh = frozenset(model.fresh_state_keys()) if isinstance(model, FreshState) else frozenset()
+    state = {key: value for key, value in load_weights(weights).items() if key not in fresh}
+    load_state_strict(model, state, weights, keep=fresh)
     return weights
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False) -> None:
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False,
+                      keep: frozenset[str] = frozenset()) -> None:
     """`model.load_state_dict(state)` with shape and key mismatches reported as one line.
 
-    `assign=True` makes the model hold `state`'s tensors themselves (for a model built on meta).
+    `assign=True` makes the model hold `state`'s tensors themselves (for a model built on meta);
+    the keys in `keep` are neither expected in `state` nor loaded.
     """
-    expected = model.state_dict()
+    expected = {key: value for key, value in model.state_dict().items() if key not in keep}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -309,4 +318,4 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             raise CheckpointError(
                 f"{source}: '{key}' has shape {tuple(state[key].shape)} but the model expects {tuple(tensor.shape)}"
             )
-    model.load_state_dict(state, assign=assign)
+    model.load_state_dict(state, assign=assign, strict=not keep)

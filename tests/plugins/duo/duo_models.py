@@ -29,16 +29,21 @@ def route_all(model: DuoOpenELM, choice: str) -> DuoOpenELM:
     return model
 
 
-def train_tiny_run(out_dir, *overrides: str):
-    """duo/tiny.yaml shrunk to seconds, trained in this process into `out_dir` (2 steps, saved)."""
+def tiny_overrides(model_section: str = "model") -> list[str]:
+    """TINY_DUO at 2 steps (saved), for a recipe whose model is `model_section` (`models.duo`)."""
+    shrunk = [*TINY_DUO, "trainer.max_steps=2", "trainer.eval_every=0", "trainer.save_every=2", "data.batch_size=4"]
+    return [model_section + item[len("model"):] if item.startswith("model.") else item for item in shrunk]
+
+
+def train_tiny_run(out_dir, *overrides: str, recipe_name: str = "duo/tiny.yaml", model_section: str = "model"):
+    """duo/tiny.yaml (or `recipe_name`) shrunk to seconds, trained in this process into `out_dir`."""
     from toolkit.assembly import build_trainer
     from toolkit.plugins import get_registries
     from toolkit.recipe import load_recipe
 
     threads = torch.get_num_threads()  # the recipe pins 1 thread; give the test process its own back
-    recipe = load_recipe("duo/tiny.yaml", [*TINY_DUO, "trainer.max_steps=2", "trainer.eval_every=0",
-                                           "trainer.save_every=2", "data.batch_size=4", *overrides,
-                                           f"trainer.out_dir={out_dir}"], get_registries())
+    recipe = load_recipe(recipe_name, [*tiny_overrides(model_section), *overrides, f"trainer.out_dir={out_dir}"],
+                         get_registries())
     trainer = build_trainer(recipe)
     try:
         trainer.fit()
