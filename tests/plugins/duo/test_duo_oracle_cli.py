@@ -52,7 +52,7 @@ def test_bad_oracle_cli_input_is_one_line_and_writes_nothing(tiny_run, tmp_path,
     assert_unchanged(before, tmp_path, tiny_run)
 
 
-def test_the_oracle_cli_refuses_a_run_that_is_not_a_duo_model(tmp_path, capsys):
+def test_the_oracle_cli_refuses_a_run_that_does_not_exist(tmp_path, capsys):
     missing = tmp_path / "no-such-run"
     code = run_cli(oracle_cli.main_with_arguments, [str(missing), "--out", str(tmp_path / "oracle.json")])
     assert_error_output(code, capsys.readouterr().err, str(missing))
