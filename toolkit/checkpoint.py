@@ -9,6 +9,8 @@ Plugins and tools use this module, never the engine's internals. Layout of `RUN_
     task_state.json      the task's own state, when it keeps one (an adaptive KL coefficient)
     trainer_state.json   step, data positions and RNG states of every rank
     recipe.yaml          the fully resolved recipe of the run
+A sharded checkpoint (`trainer.checkpoint_format: sharded`) holds `sharded/` (every rank's tensor
+shards, JSON metadata) and `sharded.json` instead of the weights, optimizer and EMA files.
 
 Nothing here unpickles arbitrary objects: weights are safetensors, the optimizer file is read with
 `torch.load(weights_only=True)`, everything else is JSON or YAML.
@@ -50,7 +52,9 @@ def weights_file(model_name: str) -> str:
 
 
 def _holds_weights(directory: Path) -> bool:
-    return any(directory.glob("model*.safetensors"))
+    # A sharded checkpoint (toolkit.engine.sharded) keeps its weights in sharded/, described by
+    # a JSON .metadata file.
+    return any(directory.glob("model*.safetensors")) or (directory / "sharded" / ".metadata").is_file()
 
 
 def checkpoint_step(checkpoint: Path) -> int:
