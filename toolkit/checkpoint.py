@@ -280,8 +280,8 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
         if frozen and source:
             load_weights_into(model, source)
     if not frozen:
-        weights = checkpoint / weights_file(chosen)
-        load_state_strict(model, load_weights(weights), weights)
+        weights, state = _trained_weights(checkpoint, recipe, chosen)
+        load_state_strict(model, state, weights)
     model.eval()
     return LoadedModel(model=model, recipe=recipe, checkpoint_dir=checkpoint, run_dir=checkpoint.parent)
 
@@ -289,10 +289,22 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
 def load_weights_into(model: nn.Module, source: str | Path, name: str | None = None) -> Path:
     """Load the weights of a run's (trained) model into `model`, strictly; returns the file read."""
     checkpoint = resolve_checkpoint(source)
-    chosen = _pick_model(checkpoint, model_sections(read_recipe(checkpoint)), name)
-    weights = checkpoint / weights_file(chosen)
-    load_state_strict(model, load_weights(weights), weights)
+    recipe = read_recipe(checkpoint)
+    weights, state = _trained_weights(checkpoint, recipe, _pick_model(checkpoint, model_sections(recipe), name))
+    load_state_strict(model, state, weights)
     return weights
+
+
+def _trained_weights(checkpoint: Path, recipe: dict[str, Any], chosen: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The file holding one trained model's weights, and the weights, from a full checkpoint or,
+    read whole in this process, from a sharded one (`trainer.checkpoint_format: sharded`)."""
+    weights = checkpoint / weights_file(chosen)
+    if weights.is_file() or not (checkpoint / "sharded" / ".metadata").is_file():
+        return weights, load_weights(weights)
+    from toolkit.engine.sharded import read_model_weights  # the DCP reader is slow to import
+
+    trained = [key for key, section in model_sections(recipe).items() if not section.get("frozen", False)]
+    return checkpoint / "sharded", read_model_weights(checkpoint, chosen, len(trained))
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False) -> None:

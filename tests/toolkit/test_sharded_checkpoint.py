@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from test_multirank_engine import OPENELM, free_port, losses, run_scenarios
+from test_multirank_engine import OPENELM, launch_two_ranks, losses, run_scenarios
 
 SHARDED = [*OPENELM, "dist.strategy=fsdp", "trainer.checkpoint_format=sharded"]
 TWO_RANKS = {
@@ -144,11 +143,7 @@ def test_the_reader_refuses_unsafe_or_broken_metadata_with_one_line_naming_the_f
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sharded")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), __file__, str(folder)]
-    launch = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                            timeout=600)
-    assert launch.returncode == 0, launch.stderr[-4000:]
+    launch_two_ranks(__file__, folder)
     run_scenarios(ONE_RANK, folder)
     return folder
 
@@ -216,3 +211,15 @@ def test_a_tampered_sharded_checkpoint_is_refused_at_resume_before_the_run_direc
     assert "\n" not in raised.value.message
     assert f"{checkpoint / 'sharded' / '.metadata'}: refused to load: pickled DCP metadata" in raised.value.message
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_load_model_reads_a_sharded_checkpoints_weights_whole(results):
+    from toolkit.checkpoint import load_model
+
+    loaded = load_model(results / "sharded")  # the run directory: its latest checkpoint, step 6
+    assert loaded.checkpoint_dir.name == "step-000006"
+    whole = shards(results / "sharded")
+    state = loaded.model.state_dict()
+    assert state.keys() == {key.removeprefix("model/") for key in whole if key.startswith("model/")}
+    assert all(torch.equal(value, whole["model/" + key]) for key, value in state.items())

@@ -105,16 +105,24 @@ def load_tensors(tensors: dict[str, torch.Tensor], directory: Path) -> None:
                               f"{' '.join(str(failure).split())})") from error
 
 
-def read_full_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a sharded checkpoint's shard directory, whole, in this process (no
-    process group): for tools and tests that read a sharded run on one machine."""
+def read_full_tensors(directory: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a sharded checkpoint's shard directory whose keys start with `prefix`, whole,
+    in this process (no process group): for tools that read a sharded run on one machine."""
     from toolkit.engine.dcp_storage import read_metadata_file
 
     metadata = read_metadata_file(directory / METADATA_FILE)
     tensors = {key: torch.empty(tuple(item.size), dtype=item.properties.dtype)
-               for key, item in metadata.state_dict_metadata.items()}
+               for key, item in metadata.state_dict_metadata.items() if key.startswith(prefix)}
     load_tensors(tensors, directory)
     return tensors
+
+
+def read_model_weights(checkpoint: Path, model_name: str, trained_count: int) -> dict[str, torch.Tensor]:
+    """One trained model's whole weights from a sharded checkpoint (what `model-<name>.safetensors`
+    holds in a full one). The trainer saves the trained models as one module: the model itself
+    when there is one, else a ModuleDict keyed by model name."""
+    prefix = "model/" if trained_count == 1 else f"model/{model_name}."
+    return _without_prefix(read_full_tensors(checkpoint / SHARDS_DIRECTORY, prefix), prefix)
 
 
 def first_failure(error: BaseException) -> BaseException:
