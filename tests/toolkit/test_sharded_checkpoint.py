@@ -29,6 +29,9 @@ TWO_RANKS = {
 }
 ONE_RANK = {
     "sharded-to-one": ("openelm/tiny.yaml", [*OPENELM, "data.batch_size=8"], "sharded/step-000003"),
+    # One process writing sharded checkpoints: DCP without a process group, every tensor whole.
+    "sharded-to-one-sharded": ("openelm/tiny.yaml", [*OPENELM, "data.batch_size=8", "trainer.checkpoint_format=sharded"],
+                               "sharded/step-000003"),
 }
 
 
@@ -190,6 +193,19 @@ def test_a_sharded_fsdp2_checkpoint_resumes_on_one_rank(results):
         assert saved.keys() == {key.removeprefix(prefix) for key in whole if key.startswith(prefix)}
         for key, value in saved.items():
             torch.testing.assert_close(value, whole[prefix + key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_one_process_writes_the_same_state_in_the_sharded_format(results):
+    assert losses(results / "sharded-to-one-sharded") == losses(results / "sharded-to-one")
+    checkpoint = results / "sharded-to-one-sharded" / "step-000006"
+    assert sorted(path.name for path in (checkpoint / "sharded").iterdir()) == [".metadata", "__0_0.distcp"]
+    one, two = shards(results / "sharded-to-one-sharded"), shards(results / "sharded")
+    assert one.keys() == two.keys()
+    full = load_file(results / "sharded-to-one" / "step-000006" / "model.safetensors")
+    assert all(torch.equal(one["model/" + key], value) for key, value in full.items())
+    for key in two:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 @pytest.mark.slow
