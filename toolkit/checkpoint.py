@@ -9,6 +9,8 @@ Plugins and tools use this module, never the engine's internals. Layout of `RUN_
     task_state.json      the task's own state, when it keeps one (an adaptive KL coefficient)
     trainer_state.json   step, data positions and RNG states of every rank
     recipe.yaml          the fully resolved recipe of the run
+A sharded checkpoint (`trainer.checkpoint_format: sharded`) holds `sharded/` (every rank's tensor
+shards, JSON metadata) and `sharded.json` instead of the weights, optimizer and EMA files.
 
 Nothing here unpickles arbitrary objects: weights are safetensors, the optimizer file is read with
 `torch.load(weights_only=True)`, everything else is JSON or YAML.
@@ -50,7 +52,9 @@ def weights_file(model_name: str) -> str:
 
 
 def _holds_weights(directory: Path) -> bool:
-    return any(directory.glob("model*.safetensors"))
+    # A sharded checkpoint (toolkit.engine.sharded) keeps its weights in sharded/, described by
+    # a JSON .metadata file.
+    return any(directory.glob("model*.safetensors")) or (directory / "sharded" / ".metadata").is_file()
 
 
 def checkpoint_step(checkpoint: Path) -> int:
@@ -276,8 +280,8 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
         if frozen and source:
             load_weights_into(model, source)
     if not frozen:
-        weights = checkpoint / weights_file(chosen)
-        load_state_strict(model, load_weights(weights), weights)
+        weights, state = _trained_weights(checkpoint, recipe, chosen)
+        load_state_strict(model, state, weights)
     model.eval()
     return LoadedModel(model=model, recipe=recipe, checkpoint_dir=checkpoint, run_dir=checkpoint.parent)
 
@@ -290,12 +294,24 @@ def load_weights_into(model: nn.Module, source: str | Path, name: str | None = N
     from toolkit.capabilities import FreshState
 
     checkpoint = resolve_checkpoint(source)
-    chosen = _pick_model(checkpoint, model_sections(read_recipe(checkpoint)), name)
-    weights = checkpoint / weights_file(chosen)
+    recipe = read_recipe(checkpoint)
+    weights, state = _trained_weights(checkpoint, recipe, _pick_model(checkpoint, model_sections(recipe), name))
     fresh = frozenset(model.fresh_state_keys()) if isinstance(model, FreshState) else frozenset()
-    state = {key: value for key, value in load_weights(weights).items() if key not in fresh}
+    state = {key: value for key, value in state.items() if key not in fresh}
     load_state_strict(model, state, weights, keep=fresh)
     return weights
+
+
+def _trained_weights(checkpoint: Path, recipe: dict[str, Any], chosen: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The file holding one trained model's weights, and the weights, from a full checkpoint or,
+    read whole in this process, from a sharded one (`trainer.checkpoint_format: sharded`)."""
+    weights = checkpoint / weights_file(chosen)
+    if weights.is_file() or not (checkpoint / "sharded" / ".metadata").is_file():
+        return weights, load_weights(weights)
+    from toolkit.engine.sharded import read_model_weights  # the DCP reader is slow to import
+
+    trained = [key for key, section in model_sections(recipe).items() if not section.get("frozen", False)]
+    return checkpoint / "sharded", read_model_weights(checkpoint, chosen, len(trained))
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False,
