@@ -191,11 +191,13 @@ class BundleReader:
     """Positioned reads of neurons from a bundle file. `method`: "pread" (os.preadv straight into the
     caller's buffers) or "mmap" (copies out of a read-only mapping); the benchmark compares them.
 
+    `readahead=False` tells the kernel the reads are random (no readahead past each one).
     `expected_shapes`: [(model_dim, ffn_dim)] per layer of the model being served; a file written
     for another model shape is refused. Use as a context manager, or call close().
     """
 
-    def __init__(self, path: Path, expected_shapes: list[tuple[int, int]] | None = None, method: str = "pread") -> None:
+    def __init__(self, path: Path, expected_shapes: list[tuple[int, int]] | None = None, method: str = "pread",
+                 readahead: bool = True) -> None:
         if method not in ("pread", "mmap"):
             raise BundleError(f"unknown read method {method!r} (choose pread or mmap)")
         self.path, self.method = Path(path), method
@@ -217,8 +219,16 @@ class BundleReader:
         self.itemsize = torch.empty(0, dtype=self.dtype).element_size()
         if expected_shapes is not None:
             self.check_shapes(expected_shapes)
+        # Per layer, precomputed for the hot path: where its data starts and one record's size.
+        self.layer_offsets = [layer.offset for layer in self.layers]
+        self.record_sizes = [PARTS * layer.model_dim * self.itemsize for layer in self.layers]
         self.mapping = mmap.mmap(self.descriptor, 0, access=mmap.ACCESS_READ) if method == "mmap" else None
         self.mapped = memoryview(self.mapping) if self.mapping is not None else None
+        if not readahead:
+            # Reads of scattered neurons: the kernel's readahead would fetch pages nobody asked for.
+            os.posix_fadvise(self.descriptor, 0, 0, os.POSIX_FADV_RANDOM)
+            if self.mapping is not None:
+                self.mapping.madvise(mmap.MADV_RANDOM)
 
     def check_shapes(self, expected_shapes: list[tuple[int, int]]) -> None:
         if len(expected_shapes) != len(self.layers):
@@ -233,14 +243,14 @@ class BundleReader:
         return self.layers[layer].model_dim * self.itemsize
 
     def record_bytes(self, layer: int) -> int:
-        return PARTS * self.part_bytes(layer)
+        return self.record_sizes[layer]
 
     def part_offset(self, layer: int, neuron: int, part: int) -> int:
         entry = self.layers[layer]
         index = neuron * PARTS + part if self.layout == "bundled" else part * entry.ffn_dim + neuron
         return entry.offset + index * self.part_bytes(layer)
 
-    def _read(self, offset: int, destinations: list[memoryview], expected: int) -> None:
+    def _read(self, offset: int, destinations: list, expected: int) -> None:
         if self.mapped is None:
             got = os.preadv(self.descriptor, destinations, offset)
         else:
@@ -248,19 +258,20 @@ class BundleReader:
             for destination in destinations:
                 length = destination.nbytes
                 chunk = self.mapped[offset + got: offset + got + length]
-                destination[:len(chunk)] = chunk
+                memoryview(destination).cast("B")[:len(chunk)] = chunk
                 got += len(chunk)
         if got != expected:
             raise BundleError(f"{self.path}: truncated: read {got} of {expected} bytes at offset {offset}")
 
-    def read_records_into(self, layer: int, first_neuron: int, destinations: list[memoryview]) -> None:
+    def read_records_into(self, layer: int, first_neuron: int, destinations: list) -> None:
         """One read of the records of neurons first_neuron, first_neuron + 1, ... (one destination
         buffer of record_bytes each, in that order). Bundled layout only."""
         if self.layout != "bundled":
             raise BundleError(f"{self.path}: layout {self.layout!r} has no per-neuron records")
-        self._read(self.part_offset(layer, first_neuron, 0), destinations, len(destinations) * self.record_bytes(layer))
+        size = self.record_sizes[layer]
+        self._read(self.layer_offsets[layer] + first_neuron * size, destinations, len(destinations) * size)
 
-    def read_part_into(self, layer: int, neuron: int, part: int, destination: memoryview) -> None:
+    def read_part_into(self, layer: int, neuron: int, part: int, destination) -> None:
         """One read of one part (0 gate, 1 up, 2 down) of one neuron: part_bytes into `destination`."""
         self._read(self.part_offset(layer, neuron, part), [destination], self.part_bytes(layer))
 

@@ -32,11 +32,12 @@ def dense_rows(model, layer: int, ids: torch.Tensor) -> tuple[torch.Tensor, torc
     return gate_up[torch.cat([ids, ids + down.shape[1]])], down[:, ids].t()
 
 
-def test_cache_rows_equal_the_dense_rows_exactly_under_eviction(bundle):
+@pytest.mark.parametrize("read_threads", [1, 3])
+def test_cache_rows_equal_the_dense_rows_exactly_under_eviction(bundle, read_threads):
     model, folder = bundle
     generator = torch.Generator().manual_seed(3)
     with BundleReader(folder / "ffn.bin") as reader:
-        cache = NeuronCache(reader, INDEX + 30 * PER_SLOT, window_tokens=2)
+        cache = NeuronCache(reader, INDEX + 30 * PER_SLOT, window_tokens=2, read_threads=read_threads)
         assert cache.num_slots == 30
         for _ in range(12):
             for layer, ffn_dim in enumerate((24, 40)):
@@ -46,6 +47,7 @@ def test_cache_rows_equal_the_dense_rows_exactly_under_eviction(bundle):
                 assert gate_up.shape == (2 * len(ids), 16) and down.shape == (len(ids), 16)
                 assert torch.equal(gate_up, expected_gate_up) and torch.equal(down, expected_down)
         assert cache.stats.tokens == 12 and cache.stats.evictions > 0
+        cache.close()
 
 
 def test_every_neuron_gives_the_dense_ffn_exactly(bundle):

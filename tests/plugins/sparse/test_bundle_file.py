@@ -100,6 +100,7 @@ def test_wrong_magic_version_checksum_and_shape_are_one_line(tmp_path, capsys):
     path = tmp_path / "ffn.bin"
     write_bundle(model, path)
     original = path.read_bytes()
+    assert original.startswith(MAGIC)
     path.write_bytes(b"PK\x03\x04" + original[4:])
     error_line(capsys, path, "not an FFN bundle", "magic")
     path.write_bytes(original)
