@@ -115,11 +115,11 @@ def run_source(provider, path: Path, patterns, cold: bool, warmup: int, check) -
 
 
 def cost_measurements(scratch: Path, read_sizes: dict[str, int], reads: int, seed: int) -> dict:
-    """Random positioned reads of each mean read size (cold and warm), sequential 1 MiB reads."""
+    """Random positioned reads of each distinct mean read size (cold and warm), sequential 1 MiB reads."""
     measured = {}
-    for name, size in read_sizes.items():
+    for size in sorted(set(read_sizes.values())):
         for cold in (True, False):
-            measured[(name, cold)] = measure_reads(scratch, size, reads, "random", cold, seed)
+            measured[(size, cold)] = measure_reads(scratch, size, reads, "random", cold, seed)
     for cold in (True, False):
         measured[("sequential-1MiB", cold)] = measure_reads(scratch, 1 << 20, min(reads, 256), "sequential", cold, seed)
     return measured
@@ -194,13 +194,13 @@ def main(argv: list[str]) -> int:
     measured = cost_measurements(scratch, read_sizes, args.cost_reads, args.seed)
     print(f"read speed on {scratch} ({args.scratch_mb} MiB, {args.cost_reads} reads each; "
           "cold = posix_fadvise DONTNEED first, cached = mincore):")
-    for (name, cold), measurement in measured.items():
-        print(f"  {measurement.pattern:10} {measurement.read_bytes:8d} B {'cold' if cold else 'warm'}: "
+    for measurement in measured.values():
+        print(f"  {measurement.pattern:10} {measurement.read_bytes:8d} B {'cold' if measurement.cold else 'warm'}: "
               f"{measurement.seconds_per_read * 1e6:8.1f} us/read, {measurement.bytes_per_second / 1e6:8.1f} MB/s "
               f"(cached before {measurement.resident_before:.3f}, after {measurement.resident_after:.3f})")
     summary = {}
     for (mode, source), result in results.items():
-        model_cost = estimate(result["steady"], measured[(source, mode == "cold")])
+        model_cost = estimate(result["steady"], measured[(read_sizes[source], mode == "cold")])
         result["cost_model_ms_per_token"] = 1e3 * model_cost.seconds_per_token
         print(f"cost model {mode:4} {source:13}: {model_cost.reads_per_token:7.1f} reads x "
               f"{model_cost.seconds_per_read * 1e6:6.1f} us = {1e3 * model_cost.seconds_per_token:8.3f} ms/token "

@@ -68,9 +68,11 @@ class NeuronCache:
         self.buffer = torch.empty(self.num_slots, self.slot_bytes, dtype=torch.uint8)  # [S, slot_bytes]
         # The same memory as one flat byte view: slicing it for preadv's destinations costs ~0.1 us.
         self.buffer_view = memoryview(self.buffer.numpy()).cast("B")
-        # Per layer, the slots seen as [S, 3, D] in the file's dtype: views, no memory of their own.
-        self.typed_slots = [self.buffer[:, :reader.record_bytes(index)].view(reader.dtype).unflatten(1, (PARTS, -1))
-                            for index in range(len(reader.layers))]
+        # Per layer, the slots seen as [S, 3, D] in the file's dtype, split into gate, up and down
+        # [S, D] views (strided): no memory of their own.
+        typed_slots = [self.buffer[:, :reader.record_bytes(index)].view(reader.dtype).unflatten(1, (PARTS, -1))
+                       for index in range(len(reader.layers))]
+        self.typed_parts = [(typed[:, 0], typed[:, 1], typed[:, 2]) for typed in typed_slots]  # [S, D] x 3
         self.record_bytes = [reader.record_bytes(index) for index in range(len(reader.layers))]
 
     def allocated_bytes(self) -> int:
@@ -106,9 +108,9 @@ class NeuronCache:
         global_ids = ids + self.layer_base[layer]
         slots = self.neuron_to_slot[global_ids].astype(np.int64)  # [n]
         missing = slots < 0
-        # Hits are this step's: stamping them first keeps them out of the victims below.
-        self.slot_step[slots[~missing]] = self.step
         if missing.any():
+            # Hits are this step's: stamping them first keeps them out of the victims.
+            self.slot_step[slots[~missing]] = self.step
             missing_ids = np.unique(ids[missing])  # sorted, so consecutive ids form runs
             self._load(layer, missing_ids)
             slots = self.neuron_to_slot[global_ids].astype(np.int64)
@@ -118,11 +120,12 @@ class NeuronCache:
             self.stats.hits += count
         self.slot_step[slots] = self.step
         self.slot_token[slots] = self.clock.token
-        typed, slot_index = self.typed_slots[layer], torch.from_numpy(slots)  # [S, 3, D], [n]
-        gate_up = torch.empty(2, count, typed.shape[2], dtype=typed.dtype)  # [2, n, D]
-        torch.index_select(typed[:, 0], 0, slot_index, out=gate_up[0])
-        torch.index_select(typed[:, 1], 0, slot_index, out=gate_up[1])
-        return gate_up.view(2 * count, -1), torch.index_select(typed[:, 2], 0, slot_index)
+        gate, up, down = self.typed_parts[layer]  # [S, D] each
+        slot_index = torch.from_numpy(slots)  # [n]
+        gate_up = torch.empty(2, count, gate.shape[1], dtype=gate.dtype)  # [2, n, D]
+        torch.index_select(gate, 0, slot_index, out=gate_up[0])
+        torch.index_select(up, 0, slot_index, out=gate_up[1])
+        return gate_up.view(2 * count, -1), torch.index_select(down, 0, slot_index)
 
     def _load(self, layer: int, missing_ids: np.ndarray) -> None:
         """Read the sorted, absent `missing_ids` of `layer` into the least recently used slots."""
