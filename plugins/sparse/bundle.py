@@ -217,8 +217,11 @@ class BundleReader:
         self.layout = self.header["layout"]
         self.dtype = DTYPES[self.header["dtype"]]
         self.itemsize = torch.empty(0, dtype=self.dtype).element_size()
-        if expected_shapes is not None:
-            self.check_shapes(expected_shapes)
+        try:
+            self._check_layers(expected_shapes)
+        except BaseException:
+            os.close(self.descriptor)
+            raise
         # Per layer, precomputed for the hot path: where its data starts and one record's size.
         self.layer_offsets = [layer.offset for layer in self.layers]
         self.record_sizes = [PARTS * layer.model_dim * self.itemsize for layer in self.layers]
@@ -229,6 +232,19 @@ class BundleReader:
             os.posix_fadvise(self.descriptor, 0, 0, os.POSIX_FADV_RANDOM)
             if self.mapping is not None:
                 self.mapping.madvise(mmap.MADV_RANDOM)
+
+    def _check_layers(self, expected_shapes: list[tuple[int, int]] | None) -> None:
+        if not self.layers:
+            raise BundleError(f"{self.path}: corrupt header (no layers)")
+        for index, layer in enumerate(self.layers):
+            # The checksum catches damage; this catches a well-formed header that lies.
+            dims_ok = all(isinstance(value, int) and value > 0
+                          for value in (layer.model_dim, layer.ffn_dim, layer.offset, layer.nbytes))
+            if not dims_ok or layer.nbytes != PARTS * layer.model_dim * layer.ffn_dim * self.itemsize or \
+                    not ALIGNMENT <= layer.offset <= self.header["file_size"] - layer.nbytes:
+                raise BundleError(f"{self.path}: corrupt header (layer {index} has an impossible shape or offset)")
+        if expected_shapes is not None:
+            self.check_shapes(expected_shapes)
 
     def check_shapes(self, expected_shapes: list[tuple[int, int]]) -> None:
         if len(expected_shapes) != len(self.layers):

@@ -110,6 +110,9 @@ def test_wrong_magic_version_checksum_and_shape_are_one_line(tmp_path, capsys):
     rewrite_header(path, lambda header: header.update(version=1, dtype="float64"))  # checksum now stale
     error_line(capsys, path, "header checksum mismatch")
     path.write_bytes(original)
+    rewrite_header(path, lambda header: (header["layers"][1].update(ffn_dim=41), resign(header)))
+    error_line(capsys, path, "layer 1 has an impossible shape or offset")
+    path.write_bytes(original)
     error_line(capsys, path, "layer 1 is model_dim 16 x ffn_dim 40", "32 x 40", shapes_expected=[(16, 24), (32, 40)])
     error_line(capsys, path, "holds 2 FFN layers, the model has 3", shapes_expected=[(16, 24)] * 3)
 
