@@ -1,7 +1,7 @@
 """FFN weights served from disk ("LLM in a flash"): naive loading against bundling + windowing + a DRAM cache.
 
 Batch-1 decoding-shaped workload: for each token, every layer asks its weight source for the rows
-of that token's active FFN neurons (`rows(layer, ids)`, plugins/sparse/provider.py). Only the
+of that token's active FFN neurons (`rows(layer, ids)`, plugins/sparse/fetch_stats.py). Only the
 weight fetch is timed; the FFN arithmetic is the same for every source and is left out. Sources:
 
     naive          split file (gate, up, down matrices apart), 3 reads per needed neuron, every token
@@ -50,7 +50,7 @@ from plugins.sparse.bundle import BundleReader, write_bundle
 from plugins.sparse.cost_model import drop_page_cache, estimate, make_scratch_file, measure_reads, page_residency
 from plugins.sparse.naive_loader import NaiveNeuronLoader
 from plugins.sparse.neuron_cache import NeuronCache
-from plugins.sparse.provider import FetchStats
+from plugins.sparse.fetch_stats import FetchStats
 from toolkit.cli.common import run_cli
 from toolkit.errors import RecipeError
 

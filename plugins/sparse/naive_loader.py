@@ -3,7 +3,7 @@
 No DRAM cache and no bundling: each neuron's gate row, up row and down column are three separate
 positioned reads, as a file holding the three matrices apart ("split" layout, bundle.py) needs.
 Reads go straight into the output tensors, so the baseline pays no extra copy. The same
-`rows(layer, neuron_ids)` interface as the cache (provider.py), for the benchmark's comparison.
+`rows(layer, neuron_ids)` interface as the cache (fetch_stats.py), for the benchmark's comparison.
 """
 
 from __future__ import annotations
@@ -11,12 +11,18 @@ from __future__ import annotations
 import torch
 
 from plugins.sparse.bundle import PARTS, BundleReader
-from plugins.sparse.provider import FetchStats, TokenClock
+from plugins.sparse.fetch_stats import FetchStats, TokenClock
 
 
 class NaiveNeuronLoader:
     def __init__(self, reader: BundleReader) -> None:
         self.reader, self.stats, self.clock = reader, FetchStats(), TokenClock()
+
+    def ffn_dim(self, layer: int) -> int:
+        return self.reader.layers[layer].ffn_dim
+
+    def bytes_per_neuron(self, layer: int) -> int:
+        return self.reader.record_bytes(layer)
 
     def rows(self, layer: int, neuron_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate_up_rows [2n, D], down_rows [n, D]) for neuron_ids [n], 3n reads."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from plugins.sparse.bundle import PARTS, BundleError, BundleReader
-from plugins.sparse.provider import FetchStats, TokenClock
+from plugins.sparse.fetch_stats import FetchStats, TokenClock
 from toolkit.errors import ToolkitError
 
 IOV_MAX = 1024  # Linux's limit on buffers in one preadv
@@ -37,7 +37,7 @@ class CacheCapacityError(ToolkitError):
 
 
 class NeuronCache:
-    """`rows(layer, neuron_ids)` from DRAM where resident, else from the bundle (see provider.py)."""
+    """`rows(layer, neuron_ids)` from DRAM where resident, else from the bundle (see fetch_stats.py)."""
 
     def __init__(self, reader: BundleReader, cap_bytes: int, window_tokens: int = 5, read_threads: int = 1) -> None:
         if reader.layout != "bundled":
@@ -86,6 +86,13 @@ class NeuronCache:
                 if isinstance(owner, np.ndarray):  # a numpy view of a tensor is counted with the tensor
                     held[owner.ctypes.data] = owner.nbytes
         return sum(held.values())
+
+    def ffn_dim(self, layer: int) -> int:
+        """F, the number of neurons of `layer`'s FFN (the RowProvider protocol's second method)."""
+        return self.reader.layers[layer].ffn_dim
+
+    def bytes_per_neuron(self, layer: int) -> int:
+        return self.record_bytes[layer]
 
     def resident_neurons(self, layer: int) -> torch.Tensor:
         """Sorted ids of the layer's neurons now in DRAM."""

@@ -85,6 +85,7 @@ def test_windowing_reads_only_neurons_not_resident(bundle):
     _, folder = bundle
     with BundleReader(folder / "ffn.bin") as reader:
         cache = NeuronCache(reader, 10**6, window_tokens=3)
+        assert (cache.ffn_dim(0), cache.ffn_dim(1), cache.bytes_per_neuron(1)) == (24, 40, RECORD)
         cache.rows(1, torch.arange(0, 10))
         assert (cache.stats.misses, cache.stats.reads_issued, cache.stats.bytes_read) == (10, 1, 10 * RECORD)
         # Next token: 5 of the 10 again, 12..14 (one run) and 20, 22 (two runs): 5 neurons, 3 reads.
@@ -134,6 +135,7 @@ def test_naive_loader_reads_three_parts_per_neuron_every_token(bundle, layout):
     model, folder = bundle
     with BundleReader(folder / ("split.bin" if layout == "split" else "ffn.bin")) as reader:
         naive = NaiveNeuronLoader(reader)
+        assert (naive.ffn_dim(1), naive.bytes_per_neuron(1)) == (40, RECORD)
         for _ in range(2):
             ids = torch.tensor([7, 3, 39, 4])
             gate_up, down = naive.rows(1, ids)

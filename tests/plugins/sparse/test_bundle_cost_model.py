@@ -14,7 +14,7 @@ from plugins.sparse.cost_model import (
     measure_reads,
     page_residency,
 )
-from plugins.sparse.provider import FetchStats
+from plugins.sparse.fetch_stats import FetchStats
 from toolkit.errors import DataError
 
 

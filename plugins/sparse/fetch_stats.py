@@ -1,6 +1,8 @@
-"""What a sparse FFN asks of its weight source, and the I/O counts every source keeps.
+"""The I/O counts every disk-backed neuron source keeps, and how it counts tokens.
 
-A provider serves `rows(layer, neuron_ids)` for one decoding step of one layer:
+The sources (neuron_cache.NeuronCache, naive_loader.NaiveNeuronLoader) are row providers in the
+sense of the sparse FFN's `RowProvider` protocol: `rows(layer, neuron_ids)` for one decoding step
+of one layer, and `ffn_dim(layer)`:
     neuron_ids     LongTensor [n]: the active (or predicted active) neurons, each at most once
     gate_up_rows   [2n, D]: rows 0..n-1 the gate rows, rows n..2n-1 the up rows of those neurons in
                    that order: proj_1.weight[cat(ids, F + ids)], the same fused order as the dense
@@ -15,9 +17,6 @@ call's layer starts a new token (the providers count tokens that way).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol
-
-import torch
 
 
 @dataclass
@@ -39,13 +38,6 @@ class FetchStats:
                 "reads_per_token": self.reads_issued / tokens,
                 "mean_read_bytes": self.bytes_read / self.reads_issued if self.reads_issued else 0.0,
                 "hit_rate": self.hits / requested if requested else 0.0}
-
-
-class NeuronProvider(Protocol):
-    stats: FetchStats
-
-    def rows(self, layer: int, neuron_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ...
 
 
 class TokenClock:
