@@ -280,7 +280,7 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
         if frozen and source:
             load_weights_into(model, source)
     if not frozen:
-        weights, state = _trained_weights(checkpoint, recipe, chosen)
+        weights, state = trained_weights(checkpoint, recipe, chosen)
         load_state_strict(model, state, weights)
     model.eval()
     return LoadedModel(model=model, recipe=recipe, checkpoint_dir=checkpoint, run_dir=checkpoint.parent)
@@ -295,14 +295,14 @@ def load_weights_into(model: nn.Module, source: str | Path, name: str | None = N
 
     checkpoint = resolve_checkpoint(source)
     recipe = read_recipe(checkpoint)
-    weights, state = _trained_weights(checkpoint, recipe, _pick_model(checkpoint, model_sections(recipe), name))
+    weights, state = trained_weights(checkpoint, recipe, _pick_model(checkpoint, model_sections(recipe), name))
     fresh = frozenset(model.fresh_state_keys()) if isinstance(model, FreshState) else frozenset()
     state = {key: value for key, value in state.items() if key not in fresh}
     load_state_strict(model, state, weights, keep=fresh)
     return weights
 
 
-def _trained_weights(checkpoint: Path, recipe: dict[str, Any], chosen: str) -> tuple[Path, dict[str, torch.Tensor]]:
+def trained_weights(checkpoint: Path, recipe: dict[str, Any], chosen: str) -> tuple[Path, dict[str, torch.Tensor]]:
     """The file holding one trained model's weights, and the weights, from a full checkpoint or,
     read whole in this process, from a sharded one (`trainer.checkpoint_format: sharded`)."""
     weights = checkpoint / weights_file(chosen)

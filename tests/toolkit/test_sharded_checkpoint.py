@@ -239,3 +239,23 @@ def test_load_model_reads_a_sharded_checkpoints_weights_whole(results):
     state = loaded.model.state_dict()
     assert state.keys() == {key.removeprefix("model/") for key in whole if key.startswith("model/")}
     assert all(torch.equal(value, whole["model/" + key]) for key, value in state.items())
+
+
+@pytest.mark.slow
+def test_soups_and_hf_exports_read_a_sharded_checkpoint_like_a_full_one(results, tmp_path):
+    from plugins.openelm.hf_export import export_hf
+    from plugins.rlhf.soup import make_soup
+    from toolkit.checkpoint import resolve_checkpoint
+
+    sharded, full = results / "sharded-to-one-sharded", results / "sharded-to-one"
+    expected = load_file(full / "step-000006" / "model.safetensors")  # the same state, saved whole
+    soup = make_soup([str(sharded), str(sharded)], [0.5, 0.5], tmp_path / "soup")
+    souped = load_file(resolve_checkpoint(soup) / "model.safetensors")
+    assert souped.keys() == expected.keys()
+    assert all(torch.equal(souped[key], value) for key, value in expected.items())
+    export_hf(sharded, tmp_path / "hf-sharded")
+    export_hf(full, tmp_path / "hf-full")
+    from_sharded = load_file(tmp_path / "hf-sharded" / "model.safetensors")
+    from_full = load_file(tmp_path / "hf-full" / "model.safetensors")
+    assert from_sharded.keys() == from_full.keys() and from_full
+    assert all(torch.equal(from_sharded[key], value) for key, value in from_full.items())
