@@ -9,6 +9,7 @@ Models (`register_models`):
     ShardingUnits   the submodules FSDP2 shards one by one (usually the blocks)
     LayerSummary    lines for `toolkit-train --dry-run`
     RunFiles        files the engine copies into the run directory (datasets may offer it too)
+    FreshState      state-dict keys a model starting from a `source:` run keeps fresh (not loaded)
 Tasks (`register_tasks`):
     ItemUnit        what one item is ("tokens", "images"), for throughput (tokens/s)
     ReportsPerplexity  the engine logs val_ppl = exp(val_loss)
@@ -59,6 +60,15 @@ class RunFiles(Protocol):
     def run_files(self) -> dict[str, Path]:
         """Files to keep with the run: name in the run directory -> source path (a tokenizer, a
         synset vocabulary). Copied when the run starts."""
+        ...
+
+
+@runtime_checkable
+class FreshState(Protocol):
+    def fresh_state_keys(self) -> list[str]:
+        """State-dict keys that keep their initial values when the model starts from a `source:`
+        run: the source need not have them and they are not read from it (a new router put on a
+        model trained with another one). Every other key is loaded strictly."""
         ...
 
 

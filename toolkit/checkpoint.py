@@ -9,6 +9,8 @@ Plugins and tools use this module, never the engine's internals. Layout of `RUN_
     task_state.json      the task's own state, when it keeps one (an adaptive KL coefficient)
     trainer_state.json   step, data positions and RNG states of every rank
     recipe.yaml          the fully resolved recipe of the run
+A sharded checkpoint (`trainer.checkpoint_format: sharded`) holds `sharded/` (every rank's tensor
+shards, JSON metadata) and `sharded.json` instead of the weights, optimizer and EMA files.
 
 Nothing here unpickles arbitrary objects: weights are safetensors, the optimizer file is read with
 `torch.load(weights_only=True)`, everything else is JSON or YAML.
@@ -50,7 +52,9 @@ def weights_file(model_name: str) -> str:
 
 
 def _holds_weights(directory: Path) -> bool:
-    return any(directory.glob("model*.safetensors"))
+    # A sharded checkpoint (toolkit.engine.sharded) keeps its weights in sharded/, described by
+    # a JSON .metadata file.
+    return any(directory.glob("model*.safetensors")) or (directory / "sharded" / ".metadata").is_file()
 
 
 def checkpoint_step(checkpoint: Path) -> int:
@@ -276,27 +280,48 @@ def load_model(path: str | Path, registries=None, device: str | torch.device = "
         if frozen and source:
             load_weights_into(model, source)
     if not frozen:
-        weights = checkpoint / weights_file(chosen)
-        load_state_strict(model, load_weights(weights), weights)
+        weights, state = trained_weights(checkpoint, recipe, chosen)
+        load_state_strict(model, state, weights)
     model.eval()
     return LoadedModel(model=model, recipe=recipe, checkpoint_dir=checkpoint, run_dir=checkpoint.parent)
 
 
 def load_weights_into(model: nn.Module, source: str | Path, name: str | None = None) -> Path:
-    """Load the weights of a run's (trained) model into `model`, strictly; returns the file read."""
+    """Load the weights of a run's (trained) model into `model`, strictly; returns the file read.
+
+    A model with fresh state keys (toolkit.capabilities.FreshState) keeps those as they are.
+    """
+    from toolkit.capabilities import FreshState
+
     checkpoint = resolve_checkpoint(source)
-    chosen = _pick_model(checkpoint, model_sections(read_recipe(checkpoint)), name)
-    weights = checkpoint / weights_file(chosen)
-    load_state_strict(model, load_weights(weights), weights)
+    recipe = read_recipe(checkpoint)
+    weights, state = trained_weights(checkpoint, recipe, _pick_model(checkpoint, model_sections(recipe), name))
+    fresh = frozenset(model.fresh_state_keys()) if isinstance(model, FreshState) else frozenset()
+    state = {key: value for key, value in state.items() if key not in fresh}
+    load_state_strict(model, state, weights, keep=fresh)
     return weights
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False) -> None:
+def trained_weights(checkpoint: Path, recipe: dict[str, Any], chosen: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The file holding one trained model's weights, and the weights, from a full checkpoint or,
+    read whole in this process, from a sharded one (`trainer.checkpoint_format: sharded`)."""
+    weights = checkpoint / weights_file(chosen)
+    if weights.is_file() or not (checkpoint / "sharded" / ".metadata").is_file():
+        return weights, load_weights(weights)
+    from toolkit.engine.sharded import read_model_weights  # the DCP reader is slow to import
+
+    trained = [key for key, section in model_sections(recipe).items() if not section.get("frozen", False)]
+    return checkpoint / "sharded", read_model_weights(checkpoint, chosen, len(trained))
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path, assign: bool = False,
+                      keep: frozenset[str] = frozenset()) -> None:
     """`model.load_state_dict(state)` with shape and key mismatches reported as one line.
 
-    `assign=True` makes the model hold `state`'s tensors themselves (for a model built on meta).
+    `assign=True` makes the model hold `state`'s tensors themselves (for a model built on meta);
+    the keys in `keep` are neither expected in `state` nor loaded.
     """
-    expected = model.state_dict()
+    expected = {key: value for key, value in model.state_dict().items() if key not in keep}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -309,4 +334,4 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             raise CheckpointError(
                 f"{source}: '{key}' has shape {tuple(state[key].shape)} but the model expects {tuple(tensor.shape)}"
             )
-    model.load_state_dict(state, assign=assign)
+    model.load_state_dict(state, assign=assign, strict=not keep)

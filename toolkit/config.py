@@ -39,6 +39,13 @@ class Precision(str, enum.Enum):
     bf16 = "bf16"  # autocast; weights and optimizer state stay fp32
 
 
+class CheckpointFormat(str, enum.Enum):
+    """How the trainer writes its checkpoints (a resume reads either, whatever this says)."""
+
+    full = "full"  # whole tensors gathered to rank 0: model.safetensors, optimizer.pt, ema.safetensors
+    sharded = "sharded"  # each rank writes its own shards (torch.distributed.checkpoint), see toolkit.engine.sharded
+
+
 class Strategy(str, enum.Enum):
     """How trained models are wrapped when more than one process runs (under torchrun)."""
 
@@ -61,6 +68,11 @@ class TrainerConfig:
     eval_batches: int = 0  # validation micro-batches per evaluation, all ranks together; 0 = all
     save_every: int = 0  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3  # checkpoints kept; older ones are deleted
+    # full: the weights, optimizer and EMA gathered whole and written by rank 0 (safetensors, for
+    # models that fit on one rank). sharded: every rank writes its own FSDP2 shards to a sharded/
+    # folder (torch.distributed.checkpoint, JSON metadata, nothing pickled), nothing gathered;
+    # resumable at any world size. Under ddp or one process the tensors are whole, written once.
+    checkpoint_format: CheckpointFormat = CheckpointFormat.full
     # >0 keeps an exponential moving average of the weights (saved too): ema = decay * ema +
     # (1 - decay) * weights after each step, so 0.9995 averages over about 2000 steps.
     ema_decay: float = 0.0

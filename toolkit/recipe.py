@@ -199,7 +199,9 @@ def _load_with_bases(path: Path, recipe_dirs: list[RecipeDir], chain: tuple[Path
     return OmegaConf.merge(merged, OmegaConf.create(values))
 
 
-def _parse_overrides(overrides: list[str]) -> Any:
+def parse_overrides(overrides: list[str]) -> Any:
+    """`section.key=value` strings as one OmegaConf mapping (values read as YAML); RecipeError,
+    one line, for an item without `=` or a value that is not YAML."""
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise RecipeError(f"override '{item}' is not of the form section.key=value")
@@ -303,7 +305,7 @@ def _models(values: dict[str, Any], registries: Registries, path: Path) -> dict[
 def load_recipe(name: str, overrides: list[str], registries: Registries) -> Recipe:
     """Read, inherit, override, resolve and validate a recipe."""
     path = find_recipe(name, registries.recipe_dirs)
-    merged = OmegaConf.merge(_load_with_bases(path, registries.recipe_dirs), _parse_overrides(overrides))
+    merged = OmegaConf.merge(_load_with_bases(path, registries.recipe_dirs), parse_overrides(overrides))
     try:
         values = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as error:

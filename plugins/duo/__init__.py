@@ -9,6 +9,8 @@ Registers
     evaluator `duo_analysis`       loss per budget: oracle, best-of-N random, all-small, all-big,
                                    the model's own router; a PNG (plugins.duo.analysis)
     recipes under `duo/`           `duo/tiny.yaml`: random-routing training on the built-in corpus
+                                   `duo/learned.yaml`: a learned router trained jointly
+                                   `duo/routers.yaml`: learned routers on a frozen duo/tiny run
 
 and provides `python -m plugins.duo.oracle` (exhaustive or beam search over routing patterns
 under budgets of big-FFN uses, best patterns saved as JSON).

@@ -15,6 +15,8 @@ unregistered `RoutingState`, so the router is registered once, as the model's `r
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,10 @@ class DuoConfig(OpenELMConfig):
     small_ffn_ratio: int = 16  # small FFN width = big FFN width // ratio (per layer)
     router: str = "random"  # a registered router (`toolkit-plugins` lists them)
     router_options: dict[str, Any] = field(default_factory=dict)  # that router's config
+    # With `source: RUN` (a trained Duo run): the router starts fresh instead of being loaded from
+    # the run (whose router may be another kind); every other tensor is still loaded strictly.
+    fresh_router: bool = False
+    train_only_router: bool = False  # everything but the router frozen (Duo-LLM's router stage)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,7 +52,11 @@ class DuoConfig(OpenELMConfig):
         if self.ffn_activation != "silu" or self.relu_after_norm:
             # Duo's blocks and routed FFNs compute SwiGLU after plain norms (routed_ffn.py).
             raise ValueError("duo models are SwiGLU only: ffn_activation must be silu and relu_after_norm false")
-        make_router(self.router, dict(self.router_options), self.num_layers)  # bad options fail at load
+        router = make_router(self.router, dict(self.router_options), self.num_layers)  # bad options fail at load
+        router.bind(self.num_layers, self.model_dim)
+        if self.train_only_router and not any(True for _ in router.parameters()):
+            raise ValueError(f"train_only_router: the {self.router} router has no parameters to train "
+                             "(use router: learned)")
 
     def small_layer_widths(self) -> list[LayerWidths]:
         """Each block's widths with the small FFN's width."""
@@ -114,6 +124,13 @@ class DuoOpenELM(OpenELM):
             for index, widths in enumerate(config.layer_widths())
         )
         self.init_weights()  # the new blocks and the router, initialised like the rest
+        if config.train_only_router:
+            for name, parameter in self.named_parameters():
+                parameter.requires_grad_(name.startswith("router."))
+
+    def fresh_state_keys(self) -> list[str]:
+        """The router's keys when `fresh_router` (toolkit.capabilities.FreshState): not read from a `source:`."""
+        return [key for key in self.state_dict() if key.startswith("router.")] if self.config.fresh_router else []
 
     def set_router(self, router: Router) -> None:
         """Route with `router` from now on (for evaluation: same weights, another routing)."""
@@ -121,6 +138,21 @@ class DuoOpenELM(OpenELM):
         device = self.token_embeddings.weight.device
         self.router = router.to(device)
         self.routing.router = self.router
+
+    def route_with(self, name: str, options: dict[str, Any], where: str = "router") -> None:
+        """Route with the registered router `name` built from `options` (RecipeError when it does
+        not fit); for decoding or evaluating the same weights under another routing."""
+        self.set_router(make_router(name, options, self.config.num_layers, where))
+
+    @contextlib.contextmanager
+    def seeded(self, sample_seeds: torch.Tensor | None) -> Iterator[None]:
+        """Inside the block, routers draw per sequence from `sample_seeds` [B] (None: unseeded)."""
+        router = self.routing.router
+        router.sample_seeds = None if sample_seeds is None else [int(seed) for seed in sample_seeds.tolist()]
+        try:
+            yield
+        finally:
+            router.sample_seeds = None
 
     def last_choices(self) -> torch.Tensor:
         """The choices of the last forward (or decoding step): [L, B, S] codes."""

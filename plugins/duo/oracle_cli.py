@@ -38,6 +38,11 @@ def main_with_arguments(argv: list[str]) -> int:
     arguments = parser.parse_args(argv)
     if arguments.sequences < 1:
         raise RecipeError(f"--sequences must be >= 1, got {arguments.sequences}")
+    try:  # checked before the model loads: bad options cost nothing
+        config = OracleSearchConfig(allow_skip=not arguments.no_skip, method=arguments.method,
+                                    beam_width=arguments.beam_width, precision=arguments.precision)
+    except ValueError as error:
+        raise RecipeError(f"oracle options: {error}") from error
     from toolkit.checkpoint import load_model
     from toolkit.files import atomic_write_text
 
@@ -45,8 +50,6 @@ def main_with_arguments(argv: list[str]) -> int:
     if not hasattr(loaded.model, "set_router"):
         raise RecipeError(f"{arguments.run}: the model is {type(loaded.model).__name__}, not a Duo model")
     input_ids, labels = validation_sequences(loaded.recipe, arguments.sequences)
-    config = OracleSearchConfig(allow_skip=not arguments.no_skip, method=arguments.method,
-                                beam_width=arguments.beam_width, precision=arguments.precision)
     start = time.perf_counter()
     result = search(loaded.model, input_ids, labels, config)
     seconds = time.perf_counter() - start

@@ -10,8 +10,10 @@ A router is an `nn.Module` with three duties:
 positions, so every router is causal: decoding one token at a time makes the same choices as a
 full forward over the same prefix.
 
-    random   per-layer probabilities of big / small / skip; draws from torch's default generator
-             (the engine's RNG, seeded and checkpointed, so a resumed run draws the same routes)
+    random   per-layer probabilities of big / small / skip; in training each sequence draws from
+             its own seed (the batch's `sample_seeds`, from the sequence's place in the epoch), so
+             routes do not depend on the rank or the number of ranks; without seeds (generation,
+             analysis) it draws from torch's default generator
     fixed    one choice per layer for every token
     learned  a linear router per layer on the hidden state; trained straight-through (or with
              Gumbel noise) with a budget loss pulling the share of big uses toward a target
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,8 +63,33 @@ class Route:
     weights: torch.Tensor | None = None
 
 
+def mixed_seed(sample_seed: int, layer: int, stream: int) -> int:
+    """A generator seed for one sequence's draws at one layer (stream: which kind of draw)."""
+    return int(np.random.SeedSequence([sample_seed, layer, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def uniform_draws(shape: torch.Size, layer: int, stream: int, sample_seeds: list[int] | None,
+                  device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform draws of `shape` [B, ...]: row b from its own generator seeded by (sample_seeds[b],
+    layer, stream), so a sequence draws the same numbers in any batch and on any rank; from
+    `generator` (None: torch's default) when there are no seeds."""
+    if sample_seeds is None:
+        return torch.rand(shape, device=device, generator=generator)
+    if len(sample_seeds) != shape[0]:
+        raise ValueError(f"{len(sample_seeds)} sample seeds for a batch of {shape[0]} sequences")
+    rows = [torch.rand(shape[1:], generator=torch.Generator().manual_seed(mixed_seed(seed, layer, stream)))
+            for seed in sample_seeds]
+    return torch.stack(rows).to(device)
+
+
 class Router(nn.Module):
-    """The interface every router implements (see the module docstring)."""
+    """The interface every router implements (see the module docstring).
+
+    `sample_seeds` ([B] ints or None) is set by the model for the batch in flight (DuoOpenELM.seeded):
+    routers that draw random numbers draw them per sequence from those seeds.
+    """
+
+    sample_seeds: list[int] | None = None
 
     def check(self, num_layers: int) -> None:
         """Raise ValueError when the config does not fit a model with `num_layers` blocks."""
@@ -122,7 +150,7 @@ class RandomRouter(Router):
     def route(self, layer: int, hidden: torch.Tensor) -> Route:
         big = _per_layer(self.config.big, layer)
         small = _per_layer(self.config.small, layer)
-        draws = torch.rand(hidden.shape[:2], device=hidden.device, generator=self.generator)  # [B, S]
+        draws = uniform_draws(hidden.shape[:2], layer, 0, self.sample_seeds, hidden.device, self.generator)  # [B, S]
         # Below `big` -> BIG, below `big + small` -> SMALL, else SKIP.
         choices = (draws >= big).long() + (draws >= big + small).long()
         return Route(choices)
@@ -197,7 +225,7 @@ class LearnedRouter(Router):
         config = self.config
         scores = logits
         if config.estimator == "gumbel":
-            uniform = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
+            uniform = uniform_draws(logits.shape, layer, 1, self.sample_seeds, logits.device).clamp_(1e-9, 1 - 1e-9)
             scores = logits - torch.log(-torch.log(uniform))
         soft = F.softmax(scores / config.temperature, dim=-1)  # [B, S, 3]
         choices = soft.argmax(dim=-1)  # [B, S]

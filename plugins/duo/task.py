@@ -1,6 +1,8 @@
 """The `duo_lm` task: next-token loss of a Duo model plus its router's budget loss.
 
-It is the `causal_lm` task (plugins.lm.task) with two additions read from the model after each
+It is the `causal_lm` task (plugins.lm.task) run with the batch's `sample_seeds` handed to the
+router (random routes then depend on each sequence's place in the epoch, not on the rank, so DDP
+on N ranks routes as one process does), and two additions read from the model after each
 forward: the router's auxiliary loss (a learned router's budget term; nothing for the others)
 is added to the loss, and `big_share`, the share of (layer, token) pairs that used the big FFN,
 is logged beside it.
@@ -35,8 +37,9 @@ class DuoLMTask(CausalLMTask):
     """causal_lm plus the router's budget loss and the big-FFN share."""
 
     def _step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
-        output = super()._step(model, batch)
         duo = unwrap(model)
+        with duo.seeded(batch.get("sample_seeds")):  # random routes from each sequence's own seed
+            output = super()._step(model, batch)
         auxiliary = duo.router.auxiliary_loss()
         if auxiliary is not None:
             output.loss = output.loss + auxiliary

@@ -3,7 +3,10 @@
 Building it (every rank does, safely; see toolkit.data.cache): resolve the shards (a pattern or
 `builtin:shakespeare`), train or load the tokenizer, tokenize the split into a cached token file,
 then serve windows of seq_len + 1 tokens in the order plugins.lm.packing defines. Batches are
-{"input_ids": LongTensor [B, S], "labels": LongTensor [B, S]}.
+{"input_ids": LongTensor [B, S], "labels": LongTensor [B, S], "sample_seeds": LongTensor [B]}: a seed
+per window from the run's seed and the window's place in the epoch (toolkit.data.order.item_seed),
+for a model that draws random numbers per sequence (Duo's random router) the same way on any
+number of ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from toolkit.data.order import (
     OrderedValidationSource,
     TrainPosition,
     ValidationOrder,
+    validation_item_seed,
 )
 from toolkit.errors import DataError
 
@@ -96,7 +100,10 @@ class PackedTrainSource(OrderedTrainSource, _PackedSource):
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """This rank's next micro-batch; the position moves past it before it is returned."""
-        return make_batch(self.tokens, self.order.next_indices(), self.seq_len)
+        indices, seeds = self.order.next_items()
+        batch = make_batch(self.tokens, indices, self.seq_len)
+        batch["sample_seeds"] = torch.tensor(seeds, dtype=torch.long)  # [B]
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         state = self.order.state_dict()
@@ -113,7 +120,10 @@ class PackedValSource(OrderedValidationSource, _PackedSource):
 
     def validation_batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         # A short or empty last part is padded to batch_size rows, so every rank runs the same shapes.
-        return make_batch(self.tokens, indices, self.seq_len, rows=self.batch_size, pad_id=self.tokenizer.eos_id)
+        batch = make_batch(self.tokens, indices, self.seq_len, rows=self.batch_size, pad_id=self.tokenizer.eos_id)
+        seeds = [validation_item_seed(self.shard.seed, int(index)) for index in indices]
+        batch["sample_seeds"] = torch.tensor(seeds + [0] * (self.batch_size - len(seeds)), dtype=torch.long)  # [B]
+        return batch
 
 
 def _split_patterns(config: TextShardsConfig, cache_dir: Path) -> tuple[str, str]:

@@ -7,7 +7,8 @@ RUN_OR_CHECKPOINT_DIR is a run directory (its latest checkpoint is used) or one 
 through transformers), and `--tokenizer` a tokenizer for models that ship none (HF OpenELM).
 The tokenizer is the run's `tokenizer.model` (copied there at training time), else the recipe's
 `data.tokenizer`. The prompt is given to the model after an end-of-text token, as a document start
-looks in training, and sampling stops at the next end-of-text token. The text is streamed to
+looks in training, and sampling stops at the next end-of-text token. A routed model (Duo) decodes
+with another router when asked: `--router fixed --router-options '{pattern: [big, small, skip]}'`. The text is streamed to
 stdout as tokens are generated (with the model's KV cache when it has one).
 """
 
@@ -39,7 +40,38 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument("--router", default=None,
+                        help="a routed (Duo) model only: decode with this router instead of the trained one")
+    parser.add_argument("--router-options", default="{}",
+                        help="that router's options as a YAML mapping, e.g. '{pattern: [big, small, skip]}'")
     return parser.parse_args(argv)
+
+
+def router_options(text: str) -> dict:
+    """--router-options read as YAML the way recipe overrides are (one clear line when it is not a mapping)."""
+    from omegaconf import OmegaConf
+
+    from toolkit.errors import RecipeError
+    from toolkit.recipe import parse_overrides
+
+    options = OmegaConf.to_container(parse_overrides([f"router_options={text}"]))["router_options"]
+    if not isinstance(options, dict):
+        raise RecipeError(f"--router-options: '{text}' is not a mapping; give one like '{{pattern: [big, small]}}'")
+    return options
+
+
+def choose_router(model: torch.nn.Module, arguments: argparse.Namespace) -> None:
+    """Swap in the router `--router` names (a model that routes has `route_with`)."""
+    from toolkit.errors import RecipeError
+
+    if arguments.router is None:
+        if arguments.router_options != "{}":
+            raise RecipeError("--router-options needs --router")
+        return
+    options = router_options(arguments.router_options)
+    if not hasattr(model, "route_with"):
+        raise RecipeError(f"--router: the model is {type(model).__name__}, which has no router")
+    model.route_with(arguments.router, options, where="--router-options")
 
 
 class TextStream:
@@ -129,6 +161,7 @@ def run(argv: list[str]) -> int:
     if not isinstance(language_model, LanguageModel):
         _generate_hugging_face(language_model, arguments)
         return 0
+    choose_router(language_model.model, arguments)
     check_vocabulary_sizes(language_model, spec)
     tokenizer = language_model.tokenizer
     prompt_ids = [tokenizer.eos_id, *tokenizer.encode(arguments.prompt)]

@@ -26,7 +26,7 @@ from typing import Any
 
 from plugins.openelm.convert import CONFIG_FILE, write_hf
 from plugins.openelm.model import OpenELM
-from toolkit.checkpoint import load_weights
+from toolkit.checkpoint import SINGLE_MODEL, trained_weights
 from toolkit.errors import CheckpointError
 from toolkit.files import atomic_path
 
@@ -149,7 +149,7 @@ def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries
     tokenizer_path = Path(tokenizer) if tokenizer else find_run_tokenizer(
         loaded.checkpoint_dir, loaded.run_dir, loaded.recipe)
     tokens = special_tokens(tokenizer_path, config.vocab_size)
-    state = load_weights(loaded.checkpoint_dir / "model.safetensors")
+    _, state = trained_weights(loaded.checkpoint_dir, loaded.recipe, SINGLE_MODEL)  # full or sharded
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # atomic_path renames the finished staging directory onto `out_dir` (empty, checked above) with
     # the umask's permissions (safetensors writes 0600) and everything fsynced; on failure nothing

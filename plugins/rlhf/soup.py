@@ -31,13 +31,12 @@ import yaml
 from toolkit.checkpoint import (
     ModelConfig,
     checkpoint_name,
-    load_weights,
     model_config,
     model_sections,
     read_recipe,
     resolve_checkpoint,
     save_weights,
-    weights_file,
+    trained_weights,
 )
 from toolkit.errors import CheckpointError, ToolkitError
 from toolkit.files import atomic_directory
@@ -93,7 +92,8 @@ def read_ingredient(path: str | Path, name: str | None = None) -> Ingredient:
     checkpoint = resolve_checkpoint(path)
     recipe = read_recipe(checkpoint)
     chosen = trained_model_name(checkpoint, recipe, name)
-    return Ingredient(str(path), checkpoint, recipe, load_weights(checkpoint / weights_file(chosen)), chosen)
+    _, state = trained_weights(checkpoint, recipe, chosen)  # a full or a sharded checkpoint
+    return Ingredient(str(path), checkpoint, recipe, state, chosen)
 
 
 def check_mixture(weights: list[float], count: int) -> list[float]:

@@ -11,6 +11,10 @@ and provides the sparse decoding pieces: `SparseOpenELM` / `SparseFFN` (sparse_f
 active-set sources (true pattern, all-active, `PredictedPattern`), and the `RowProvider`
 interface for where a neuron's weights come from (provider.py; `DramRowProvider` in memory).
 The model option itself (`ffn_activation`, `activation_shift`, `relu_after_norm`) is OpenELM's.
+
+FFN weights served from disk (row-column bundles, a DRAM neuron cache, a cost model) are the
+modules bundle.py, neuron_cache.py, naive_loader.py, cost_model.py, fetch_stats.py and
+activation_patterns.py; their NeuronCache and NaiveNeuronLoader are RowProviders too.
 """
 
 from __future__ import annotations

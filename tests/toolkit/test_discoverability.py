@@ -128,8 +128,8 @@ def _help_text(monkeypatch, capsys, script: str, *arguments: str) -> tuple[str, 
 
 
 @pytest.mark.parametrize(("script", "arguments", "shown"), [
-    ("toolkit-train", [], ["trainer.max_steps=100          optimizer steps", "trainer.progress_every_s=30.0",
-                           "trainer.ema_decay=0.0          >0 keeps an exponential moving average",
+    ("toolkit-train", [], ["trainer.max_steps=100           optimizer steps", "trainer.progress_every_s=30.0",
+                           "trainer.ema_decay=0.0           >0 keeps an exponential moving average",
                            "dist.strategy=ddp                (one of: ddp, fsdp)",
                            "dist.reshard_after_forward=true  fsdp only: false keeps"]),
     ("toolkit-plugins", [], ["--options KIND NAME"]),

@@ -159,13 +159,18 @@ def results(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("multirank")
     run_scenarios(SINGLE_RANK, folder)
     write_old_optimizer_layout(folder / "lm-one" / CHECKPOINT, folder / "lm-old-layout" / CHECKPOINT)
+    launch_two_ranks(__file__, folder)
+    run_scenarios(BACK_TO_ONE_RANK, folder)
+    return folder
+
+
+def launch_two_ranks(script: str, folder: Path) -> None:
+    """`torchrun --nproc_per_node 2 script folder` (gloo on free ports, one thread per rank)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), __file__, str(folder)]
+               "--master_port", str(free_port()), script, str(folder)]
     launch = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                             timeout=600)
     assert launch.returncode == 0, launch.stderr[-4000:]
-    run_scenarios(BACK_TO_ONE_RANK, folder)
-    return folder
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -35,6 +35,18 @@ def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
     return generator.permutation(num_items)
 
 
+def item_seed(seed: int, epoch: int, place: int) -> int:
+    """The seed of the item at `place` in epoch `epoch`'s order (a uint32): for randomness that must
+    not depend on which rank, world size or micro-step reads the item."""
+    return int(np.random.SeedSequence([seed, epoch, place]).generate_state(1)[0])
+
+
+def validation_item_seed(seed: int, index: int) -> int:
+    """The seed of validation item `index` (stored order), the same on every pass and world size;
+    a stream apart from the training items' seeds."""
+    return int(np.random.SeedSequence([seed, 2**32 - 1, index]).generate_state(1)[0])
+
+
 @dataclass(frozen=True)
 class BatchLayout:
     """How one global batch is cut into per-rank micro-batches."""
@@ -106,8 +118,7 @@ class EpochOrder:
         places = range(position.step * self.layout.global_batch_size + positions.start,
                        position.step * self.layout.global_batch_size + positions.stop)
         indices = order[places.start:places.stop]
-        seeds = [int(np.random.SeedSequence([self.seed, position.epoch, place]).generate_state(1)[0])
-                 for place in places[:len(indices)]]
+        seeds = [item_seed(self.seed, position.epoch, place) for place in places[:len(indices)]]
         position.micro += 1
         if position.micro == self.layout.grad_accum:
             position.micro = 0

@@ -44,8 +44,20 @@ def _recover_replacements(run_dir: Path) -> None:
             os.rename(replaced, run_dir / name)
 
 
-def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yaml: str, keep_last: int) -> Path:
-    """Write `run_dir/step-NNNNNN/` atomically, then prune.
+def begin_checkpoint(run_dir: Path, step: int) -> Path:
+    """Clear what a crashed save left and create the temporary directory a save of `step` fills
+    (rank 0 alone; under a sharded save every rank then writes its shards into it)."""
+    _recover_replacements(run_dir)
+    for stale in [*run_dir.glob(".tmp-step-*"), *run_dir.glob(".pruned-step-*")]:  # left by a crash
+        shutil.rmtree(stale, ignore_errors=True)
+    temporary = run_dir / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    temporary.mkdir(parents=True)
+    return temporary
+
+
+def finish_checkpoint(run_dir: Path, step: int, temporary: Path, files: dict[str, Any], recipe_yaml: str,
+                      keep_last: int) -> Path:
+    """Add `files` and the recipe to `temporary`, rename it to `run_dir/step-NNNNNN/`, then prune.
 
     Pruning removes checkpoints of a later step than this one (left by the timeline a resume from
     an older step abandoned; the metrics log drops their lines too), then all but the last
@@ -53,11 +65,6 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yam
     in, and only then deleted, so that a crash in between never leaves the step missing.
     """
     final = run_dir / checkpoint_name(step)
-    _recover_replacements(run_dir)
-    for stale in [*run_dir.glob(".tmp-step-*"), *run_dir.glob(".pruned-step-*")]:  # left by a crash
-        shutil.rmtree(stale, ignore_errors=True)
-    temporary = run_dir / f".tmp-{final.name}-{os.getpid()}"
-    temporary.mkdir(parents=True)
     try:
         for name, content in files.items():
             write_file(temporary / name, content)
@@ -81,6 +88,11 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yam
         for old in list_checkpoints(run_dir)[:-keep_last]:
             _remove_checkpoint(old)
     return final
+
+
+def write_checkpoint(run_dir: Path, step: int, files: dict[str, Any], recipe_yaml: str, keep_last: int) -> Path:
+    """Write `run_dir/step-NNNNNN/` atomically, then prune (see `finish_checkpoint`)."""
+    return finish_checkpoint(run_dir, step, begin_checkpoint(run_dir, step), files, recipe_yaml, keep_last)
 
 
 def _remove_checkpoint(checkpoint: Path) -> None:

@@ -22,13 +22,15 @@ import torch
 
 from toolkit import checkpoint as ckpt
 from toolkit.capabilities import CustomLoop, TaskState, item_unit, reports_perplexity
+from toolkit.config import CheckpointFormat
 from toolkit.engine import distributed
 from toolkit.engine.callbacks import RunInfo
-from toolkit.engine.checkpoint import write_checkpoint
+from toolkit.engine.checkpoint import begin_checkpoint, finish_checkpoint, write_checkpoint
 from toolkit.engine.console import RunConsole, describe_run
 from toolkit.engine.hyperparameters import recipe_groups, restore_recipe_hyperparameters
 from toolkit.engine.loop import StepContext, default_train_step, move_to, run_autocast
 from toolkit.engine.metrics import MetricsLog, measure_peak_flops
+from toolkit.engine.sharded import ShardedTrainingState, first_failure, is_sharded_checkpoint
 from toolkit.engine.state import (ModelWeights, OptimizerState, Progress, StateOf, TaskStateFile, load_states,
                                   save_states)
 from toolkit.errors import CheckpointError, Interrupted
@@ -86,6 +88,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.progress = Progress(parts.train_data, self.context.rank, self.context.world_size)
         self.states = self._checkpoint_states()
+        self.sharded_state = ShardedTrainingState(self.models.trained_modules(), parts.optimizer, parts.ema)
         self._ema_target = self.models.trained_modules()
         resume_from = self._find_resume_checkpoint(resume)
         # Measured before any state is restored (and with a generator of its own), so that the
@@ -93,7 +96,7 @@ class Trainer:
         self.peak_flops = self.config.peak_flops or measure_peak_flops(self.context.device, self.config.precision)
         if resume_from is not None:  # restored (and so checked) before the run directory is touched
             wanted = recipe_groups(self.parts.optimizer)
-            load_states(resume_from, self.states)
+            self._load(resume_from)
             self.last_checkpoint = resume_from
             changed = restore_recipe_hyperparameters(self.parts.optimizer, self.parts.scheduler, wanted)
             if changed and self.context.is_main:  # only a resume with --accept-changes gets here
@@ -126,6 +129,22 @@ class Trainer:
             states["task_state.json"] = TaskStateFile(self.task, self.parts.task_name)
         states["trainer_state.json"] = self.progress
         return states
+
+    def _unsharded_states(self) -> dict:
+        """The states a sharded checkpoint keeps in its own files (not the weights, optimizer, EMA)."""
+        sharded = {ckpt.weights_file(model.name) for model in self.models.trained} | {"optimizer.pt", "ema.safetensors"}
+        return {name: state for name, state in self.states.items() if name not in sharded}
+
+    def _load(self, checkpoint: Path) -> None:
+        """Restore every state from a full or a sharded checkpoint (whatever this run writes)."""
+        if is_sharded_checkpoint(checkpoint):
+            try:
+                self.sharded_state.load(checkpoint)
+            except CheckpointError as error:
+                raise CheckpointError(f"{checkpoint}: cannot resume from it: {error.message}") from error
+            load_states(checkpoint, self._unsharded_states())
+        else:
+            load_states(checkpoint, self.states)
 
     def _find_resume_checkpoint(self, resume: str | None) -> Path | None:
         if resume is None:
@@ -274,14 +293,11 @@ class Trainer:
         return record
 
     def save(self) -> Path:
-        files = save_states(self.states)  # every rank takes part (FSDP gathers, RNG gathered)
-        failure = None
-        if self.context.is_main:
-            try:
-                write_checkpoint(self.run_dir, self.step, files, self.parts.recipe_yaml, self.config.keep_last)
-            except Exception as error:  # noqa: BLE001 - a full disk, a read-only directory: told to every rank
-                failure = error
-        # Every rank learns whether rank 0's write worked, so none waits for a save that failed.
+        if self.config.checkpoint_format == CheckpointFormat.sharded:
+            failure = self._save_sharded()
+        else:
+            failure = self._save_full()
+        # Every rank learns whether the write worked, so none waits for a save that failed.
         if distributed.any_rank(failure is not None):
             reason = " ".join(f"{type(failure).__name__}: {failure}".split()) if failure else "it failed on rank 0"
             raise CheckpointError(f"{self.run_dir / ckpt.checkpoint_name(self.step)}: could not save the "
@@ -290,6 +306,49 @@ class Trainer:
         for callback in self.parts.callbacks:
             callback.on_save(self.step, self.last_checkpoint)
         return self.last_checkpoint
+
+    def _save_full(self) -> Exception | None:
+        files = save_states(self.states)  # every rank takes part (FSDP gathers, RNG gathered)
+        if self.context.is_main:
+            try:
+                write_checkpoint(self.run_dir, self.step, files, self.parts.recipe_yaml, self.config.keep_last)
+            except Exception as error:  # noqa: BLE001 - a full disk, a read-only directory: told to every rank
+                return error
+        return None
+
+    def _save_sharded(self) -> Exception | None:
+        """Rank 0 makes the temporary directory, every rank writes its shards into it (DCP's
+        collective save; rank 0 writes the JSON metadata last), rank 0 adds the other files and
+        renames it into place. The run directory must be one that every rank sees."""
+        from torch.distributed.checkpoint.api import CheckpointException  # slow to import: only here
+
+        temporary, failure = None, None
+        if self.context.is_main:
+            try:
+                temporary = begin_checkpoint(self.run_dir, self.step)
+            except Exception as error:  # noqa: BLE001 - told to every rank below
+                failure = error
+        temporary = distributed.gather_objects(str(temporary) if temporary else None)[0]
+        if temporary is None:
+            return failure or RuntimeError("rank 0 could not create the checkpoint directory")
+        temporary = Path(temporary)
+        files = {}
+        try:
+            files = self.sharded_state.save(temporary)
+        except (Exception, CheckpointException) as error:  # noqa: BLE001 - DCP raises any rank's failure on every rank
+            failure = first_failure(error)
+        files.update(save_states(self._unsharded_states()))  # every rank takes part (RNG gathered)
+        if distributed.any_rank(failure is not None):
+            if self.context.is_main:
+                shutil.rmtree(temporary, ignore_errors=True)
+            return failure or RuntimeError("writing the shards failed on another rank")
+        if self.context.is_main:
+            try:
+                finish_checkpoint(self.run_dir, self.step, temporary, files, self.parts.recipe_yaml,
+                                  self.config.keep_last)
+            except Exception as error:  # noqa: BLE001
+                return error
+        return None
 
     def close(self) -> None:
         distributed.teardown()

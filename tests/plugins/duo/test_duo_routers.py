@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from plugins.duo.routers import BIG, SKIP, SMALL, LearnedRouter, make_router
+from toolkit.checkpoint import load_model
 from toolkit.cli import train as train_cli
 from toolkit.cli.common import run_cli
 from toolkit.cli.plugins import describe, main_with_arguments
 from toolkit.errors import RecipeError, ToolkitError
 
 from helpers import assert_error_output, assert_unchanged, snapshot
-from duo_models import tiny_duo
+from duo_models import tiny_duo, train_tiny_run
 
 
 def test_routers_are_a_listed_component_kind(capsys):
@@ -136,3 +139,30 @@ def test_the_tiny_recipe_dry_runs_with_a_learned_router(tmp_path, capsys):
     assert code == 0, out
     assert "layer  5: query heads   8, kv heads  2, ffn dim  1024" in out and "small ffn dim 64" in out
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("router", ["random", "learned"])
+def test_seeded_draws_depend_on_the_sequence_not_on_its_batch_or_the_default_generator(router, token_ids):
+    options = {"estimator": "gumbel"} if router == "learned" else {}
+    duo = tiny_duo(router, **options).train()
+    seeds = torch.tensor([7, 8])
+    with duo.seeded(seeds):
+        duo(token_ids)
+    whole = duo.last_choices()  # [L, B, S]
+    for row in range(2):
+        torch.manual_seed(100 + row)  # the default generator decides nothing
+        with duo.seeded(seeds[row:row + 1]):
+            duo(token_ids[row:row + 1])
+        assert torch.equal(duo.last_choices()[:, 0], whole[:, row])
+    assert duo.router.sample_seeds is None  # only for the batch in flight
+    with duo.seeded(torch.tensor([8, 7])):
+        duo(token_ids)
+    assert not torch.equal(duo.last_choices(), whole)  # the seed, not the row, decides
+
+
+def test_the_fixed_router_and_its_pattern_are_chosen_on_the_command_line(tmp_path):
+    """The override DUO.md shows: `model.router=fixed 'model.router_options={pattern: [...]}'`."""
+    run = train_tiny_run(tmp_path / "run", "model.router=fixed", "model.router_options={pattern: [big, skip]}")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["big_share"] for record in records if "loss" in record] == [0.5, 0.5]
+    assert load_model(run).model.router.codes == [BIG, SKIP]

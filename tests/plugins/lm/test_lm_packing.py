@@ -155,3 +155,34 @@ def test_validation_covers_every_window_once_across_ranks(world_size):
             seen.extend(int(first) // SEQ_LEN for first in batch["input_ids"][real, 0])
     assert sorted(seen) == list(range(11))
     assert [window_ids(b) for b in passes[0]] == [window_ids(b) for b in list(sources[0])]  # every pass the same
+
+
+def test_each_sequence_carries_a_seed_that_does_not_depend_on_the_layout():
+    """`sample_seeds` (Duo's random routes draw from them) follow a window's place in the epoch,
+    whichever rank, world size or micro-step reads it; another epoch gives the window another seed."""
+    tokens = arange_tokens(16)  # 2 global batches of 8 per epoch
+    layouts = [[train_source(tokens, batch_size=8)],
+               [train_source(tokens, batch_size=2, rank=r, world_size=2, grad_accum=2) for r in range(2)]]
+    by_layout = []
+    for sources in layouts:
+        seeds: dict[tuple[int, int], int] = {}  # (epoch, window) -> seed
+        for step in range(4):
+            for batch in (next(iter(s)) for _ in range(sources[0].layout.grad_accum) for s in sources):
+                assert batch["sample_seeds"].shape == (batch["input_ids"].shape[0],)
+                seeds.update({(step // 2, w): int(seed) for w, seed in zip(window_ids(batch), batch["sample_seeds"])})
+        by_layout.append(seeds)
+    assert by_layout[0] == by_layout[1] and len(by_layout[0]) == 32
+    assert len(set(by_layout[0].values())) == 32  # no two (epoch, window) pairs share a seed
+    two_ranks = validation_seeds([PackedValSource(tokens, StubTokenizer(), SEQ_LEN, 3, ShardInfo(r, 2)) for r in range(2)])
+    one_rank = validation_seeds([PackedValSource(tokens, StubTokenizer(), SEQ_LEN, 5, ShardInfo(0, 1))])
+    assert two_ranks == one_rank and len(one_rank) == 16 and len(set(one_rank.values())) == 16
+
+
+def validation_seeds(sources) -> dict[int, int]:
+    """window -> seed over one validation pass of every source (padding rows left out)."""
+    seeds = {}
+    for source in sources:
+        for batch in source:
+            real = (batch["labels"] != IGNORE_INDEX).all(dim=1).tolist()
+            seeds.update({w: int(s) for w, s, keep in zip(window_ids(batch), batch["sample_seeds"], real) if keep})
+    return seeds

@@ -102,3 +102,19 @@ def test_dram_provider_hands_out_gate_up_and_down_rows():
     assert torch.equal(gate_up, torch.cat((weight[[5, 0, ffn_dim - 1]], weight[[ffn_dim + 5, ffn_dim, 2 * ffn_dim - 1]])))
     assert torch.equal(down, ffn.proj_2.weight[:, [5, 0, ffn_dim - 1]].t())
     assert provider.bytes_per_neuron(2) == 3 * TINY["model_dim"] * 4
+
+
+def test_the_disk_neuron_cache_plugs_in_as_the_row_provider(tmp_path):
+    from plugins.sparse.bundle import BundleReader, write_bundle
+    from plugins.sparse.neuron_cache import NeuronCache
+
+    model = tiny_openelm(ffn_activation="relu")
+    write_bundle(model, tmp_path / "ffn.bundle")
+    reader = BundleReader(tmp_path / "ffn.bundle")
+    cache = NeuronCache(reader, cap_bytes=sum(DramRowProvider.from_layers(model.layers).bytes_per_neuron(i) *
+                                              layer.widths.ffn_dim for i, layer in enumerate(model.layers)))
+    assert isinstance(cache, RowProvider)
+    ids = prompt(12)
+    dense = decode_logits(model, ids, prefill=1)
+    from_disk = decode_logits(SparseOpenELM(model, TruePattern(model), cache), ids, prefill=1)
+    torch.testing.assert_close(from_disk, dense, rtol=0, atol=2e-5)

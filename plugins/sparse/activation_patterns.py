@@ -1,0 +1,75 @@
+"""Which FFN neurons are active at each decoding step: synthesized, or recorded ones from a file.
+
+Real ReLU activations overlap between consecutive tokens ("aggregated sparsity", ReLU Strikes
+Back; LLM in a flash's windowing relies on it). Without a relufied model's recordings, the benchmark
+synthesizes patterns with a stated sparsity and overlap: each token activates exactly
+round(active_fraction * F) neurons, of which round(overlap * that) are drawn from the previous
+token's active set and the rest uniformly from the neurons that were not active then (a
+conservative choice: no hot neurons beyond that overlap, so a longer window gains little).
+
+Recorded patterns: an .npz file (loaded without pickle) with one boolean array `layer_{i}`
+[tokens, F_i] per layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit.errors import DataError
+
+
+def synthesize(ffn_dims: list[int], tokens: int, active_fraction: float, overlap: float,
+               seed: int = 0) -> list[list[torch.Tensor]]:
+    """patterns[token][layer] = sorted LongTensor of the active neuron ids."""
+    if not 0 < active_fraction <= 1 or not 0 <= overlap <= 1:
+        raise DataError(f"active fraction {active_fraction} must lie in (0, 1], overlap {overlap} in [0, 1]")
+    generator = torch.Generator().manual_seed(seed)
+    patterns: list[list[torch.Tensor]] = [[] for _ in range(tokens)]
+    for ffn_dim in ffn_dims:
+        count = max(1, round(active_fraction * ffn_dim))
+        kept_count = round(overlap * count)
+        active = torch.randperm(ffn_dim, generator=generator)[:count]
+        for token in range(tokens):
+            if token:
+                inactive = torch.ones(ffn_dim, dtype=torch.bool)
+                inactive[active] = False
+                kept = active[torch.randperm(count, generator=generator)[:kept_count]]
+                pool = torch.nonzero(inactive).flatten()
+                fresh = pool[torch.randperm(pool.numel(), generator=generator)[:count - kept_count]]
+                active = torch.cat([kept, fresh])
+            patterns[token].append(torch.sort(active).values)
+    return patterns
+
+
+def load_recorded(path: Path, ffn_dims: list[int]) -> list[list[torch.Tensor]]:
+    """Patterns from an .npz of boolean masks `layer_{i}` [tokens, F_i] (see the module docstring)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            masks = [archive[f"layer_{index}"] for index in range(len(ffn_dims))]
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{path}: not an activation-pattern file with layer_0..layer_{len(ffn_dims) - 1} "
+                        f"({type(error).__name__}: {error})") from error
+    for index, (mask, ffn_dim) in enumerate(zip(masks, ffn_dims)):
+        if mask.ndim != 2 or mask.shape[1] != ffn_dim or mask.shape[0] != masks[0].shape[0]:
+            raise DataError(f"{path}: layer_{index} has shape {mask.shape}, expected [tokens, {ffn_dim}]")
+    return [[torch.from_numpy(np.flatnonzero(mask[token])).to(torch.int64) for mask in masks]
+            for token in range(masks[0].shape[0])]
+
+
+def overlap_statistics(patterns: list[list[torch.Tensor]], ffn_dims: list[int], window: int) -> dict[str, float]:
+    """Mean active fraction, mean fraction of a token's neurons active on the previous token, and on
+    any of the previous `window` tokens (what a window of that length keeps resident)."""
+    active, previous, windowed = [], [], []
+    for layer, ffn_dim in enumerate(ffn_dims):
+        for token in range(1, len(patterns)):
+            ids = patterns[token][layer]
+            active.append(ids.numel() / ffn_dim)
+            before = [set(patterns[t][layer].tolist()) for t in range(max(0, token - window), token)]
+            current = set(ids.tolist())
+            previous.append(len(current & before[-1]) / max(len(current), 1))
+            windowed.append(len(current & set().union(*before)) / max(len(current), 1))
+    mean = lambda values: float(np.mean(values)) if values else 0.0  # noqa: E731
+    return {"active_fraction": mean(active), "overlap_previous": mean(previous), f"overlap_window_{window}": mean(windowed)}
