@@ -15,9 +15,12 @@ import hashlib
 import inspect
 import json
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from toolkit.capabilities import identity
 from toolkit.cli.common import ArgumentParser, component_options, run_cli
@@ -65,6 +68,28 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+def typed_options(config_class: type, options: dict[str, str]) -> dict[str, Any]:
+    """`options` with each list-valued field's text read as a YAML flow list (`windows=[1, 4, 16]`);
+    every other value stays text, which the typed config converts (and checks) itself."""
+    try:
+        hints = typing.get_type_hints(config_class)
+    except (NameError, TypeError):  # an annotation that does not resolve here: leave every value as text
+        hints = {}
+    typed: dict[str, Any] = dict(options)
+    for key, value in options.items():
+        if typing.get_origin(hints.get(key)) not in (list, tuple):
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, list):
+            raise EvaluationError(f"evaluator option '{key}={value}': {key} takes a list",
+                                  hint=f"write it as {key}=[a, b, c]")
+        typed[key] = parsed
+    return typed
+
+
 def default_output(evaluator: str, model: str, model_name: str | None = None) -> Path:
     """`eval/<evaluator>-<model name>-<hash>`: two models of one name (`runs/a/tiny`, `runs/b/tiny`)
     never share a directory, as lm-evaluation-harness keeps one folder per model path; the same
@@ -92,7 +117,8 @@ def main_with_arguments(argv: list[str]) -> int:
         config = None
     else:
         try:
-            config = build_config(component.config_class, options, component.name)
+            config = build_config(component.config_class, typed_options(component.config_class, options),
+                                  component.name)
         except RecipeError as error:
             raise EvaluationError(error.message, hint=error.hint) from error
     evaluator = component.factory(config)

@@ -91,3 +91,15 @@ def test_bad_option_is_one_line_and_writes_nothing(tmp_path, capsys):
                                "predictor_threshold=2"])
     assert_error_output(code, capsys.readouterr().err, "relu_stats: predictor threshold must be in (0, 1), got 2.0")
     assert not output.exists()
+
+
+def test_a_list_option_on_the_command_line_is_read_as_a_list(tmp_path, capsys):
+    from toolkit.cli.eval import typed_options
+
+    options = typed_options(ReluStatsConfig, {"windows": "[1, 8]", "predictor_rank": "16"})
+    assert options == {"windows": [1, 8], "predictor_rank": "16"}  # other values stay text for the config
+    output = tmp_path / "eval"
+    code = run_cli(eval_main, ["relu_stats", "--model", str(tmp_path / "run"), "--output", str(output), "windows=3x"])
+    assert_error_output(code, capsys.readouterr().err, "evaluator option 'windows=3x': windows takes a list",
+                        "windows=[a, b, c]")
+    assert not output.exists()
