@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from toolkit.config import build_config
+from toolkit.engine.sharded import is_sharded_checkpoint  # light: DCP is imported only to read shards
 from toolkit.errors import CheckpointError, RecipeError
 from toolkit.registry import Component
 
@@ -52,9 +53,7 @@ def weights_file(model_name: str) -> str:
 
 
 def _holds_weights(directory: Path) -> bool:
-    # A sharded checkpoint (toolkit.engine.sharded) keeps its weights in sharded/, described by
-    # a JSON .metadata file.
-    return any(directory.glob("model*.safetensors")) or (directory / "sharded" / ".metadata").is_file()
+    return any(directory.glob("model*.safetensors")) or is_sharded_checkpoint(directory)
 
 
 def checkpoint_step(checkpoint: Path) -> int:
@@ -306,7 +305,7 @@ def trained_weights(checkpoint: Path, recipe: dict[str, Any], chosen: str) -> tu
     """The file holding one trained model's weights, and the weights, from a full checkpoint or,
     read whole in this process, from a sharded one (`trainer.checkpoint_format: sharded`)."""
     weights = checkpoint / weights_file(chosen)
-    if weights.is_file() or not (checkpoint / "sharded" / ".metadata").is_file():
+    if weights.is_file() or not is_sharded_checkpoint(checkpoint):
         return weights, load_weights(weights)
     from toolkit.engine.sharded import read_model_weights  # the DCP reader is slow to import
 
