@@ -8,6 +8,7 @@ PYTHON="${PYTHON:-python3}"
 export TOOLKIT_CACHE="${TOOLKIT_CACHE:-$(mktemp -d)/toolkit-cache}"
 # Two pytest workers (pytest-xdist), one thread each: most tests are subprocesses that spend their
 # time starting Python and torch, so two of them at once use both cores without oversubscribing.
-# TEST_WORKERS=0 runs in one process; arguments after the script go to pytest.
+# TEST_WORKERS=0 runs in one process; arguments after the script go to pytest. The 25 slowest
+# tests are listed at the end, so CI logs show where the 15-minute budget goes.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec "$PYTHON" -m pytest -q -n "${TEST_WORKERS:-2}" "$@"
+exec "$PYTHON" -m pytest -q -n "${TEST_WORKERS:-2}" --durations=25 "$@"
