@@ -29,8 +29,10 @@ def test_the_easy_templates_give_one_step_problems_with_the_right_answers(tmp_pa
         first, second = row["values"]["a"], row["values"]["b"]
         sign = next(sign for sign in OPERATIONS if f"{first} {sign} {second} = " in row["response"])
         answer = OPERATIONS[sign](first, second)
-        assert 0 < answer < 60 and row["reference"] == str(answer), row
-        assert row["response"].endswith(f"The final answer is {answer}.")
+        # Small numbers on purpose: a model of a few hundred thousand parameters must be able to
+        # learn their arithmetic in minutes (docs/RLHF.md), and the response is only that arithmetic.
+        assert 2 <= second <= 9 and first <= 18 and 0 < answer <= 25 and row["reference"] == str(answer), row
+        assert row["response"] == f"{first} {sign} {second} = {answer}. The final answer is {answer}.", row
 
 
 def sweep(*losses):
