@@ -40,13 +40,13 @@ def _tokenizer_files(src: Path, tokenizer: Path | None, scratch: Path) -> dict[s
                                   hint="pass --tokenizer with the model's tokenizer file")
         return tokenizer_run_files(found)
     from plugins.lm.hf_model import _transformers
+    from plugins.openelm.llama import first_line
 
     try:  # transformers turns the GGUF's vocabulary and merges into a tokenizers model
         converted = _transformers().AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name,
                                                                   local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{src}: transformers could not read the GGUF file's tokenizer "
-                              f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})",
+        raise CheckpointError(f"{src}: transformers could not read the GGUF file's tokenizer ({first_line(error)})",
                               hint="pass --tokenizer with the model's tokenizer.json") from error
     converted.save_pretrained(scratch)
     if not (scratch / "tokenizer.json").is_file():

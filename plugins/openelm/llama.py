@@ -26,7 +26,7 @@ import torch
 
 from plugins.lm.hf_model import is_gguf
 from plugins.openelm.config import OpenELMConfig
-from plugins.openelm.convert import CONFIG_FILE, _read_json, build_from_state, read_hf_weights
+from plugins.openelm.convert import CONFIG_FILE, _read_json, build_from_state, hf_config_path, read_hf_weights
 from plugins.openelm.model import OpenELM
 from toolkit.errors import CheckpointError
 
@@ -46,17 +46,6 @@ LAYER_FUSIONS = {
     "attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
     "ffn.proj_1.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
 }
-
-
-def is_llama_directory(path: Path) -> bool:
-    """Whether `path` is a directory whose config.json says model_type "llama" (reads nothing else)."""
-    config_path = Path(path) / CONFIG_FILE
-    if not config_path.is_file():
-        return False
-    try:
-        return _read_json(config_path).get("model_type") == "llama"
-    except CheckpointError:
-        return False
 
 
 def _rope_theta(config: dict[str, Any], source: str) -> float:
@@ -148,6 +137,12 @@ def state_from_llama(state: dict[str, torch.Tensor], config: OpenELMConfig, sour
     return out
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line (its type when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _load_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """config dict and float32 state dict of a GGUF file, through transformers (offline)."""
     from plugins.lm.hf_model import _transformers
@@ -157,21 +152,15 @@ def _load_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: transformers could not read this GGUF file "
-                              f"({str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__})"
-                              ) from error
+        raise CheckpointError(f"{path}: transformers could not read this GGUF file ({first_line(error)})") from error
     return model.config.to_dict(), {key: value.detach() for key, value in model.state_dict().items()}
 
 
 def import_llama(src: str | Path) -> tuple[OpenELM, OpenELMConfig]:
     """An OpenELM holding a Llama directory's or GGUF file's weights (float32 for GGUF), in eval mode."""
     src = Path(src)
-    if not src.exists():
-        raise CheckpointError(f"{src}: no such file or directory")
-    if src.is_dir():
-        config_path = src / CONFIG_FILE
-        if not config_path.is_file():
-            raise CheckpointError(f"{src}: not a Hugging Face Llama directory (no {CONFIG_FILE})")
+    config_path = hf_config_path(src, "Llama")
+    if config_path is not None:
         config = config_from_llama(_read_json(config_path), config_path)  # refused before the weights are read
         raw, weights_path = read_hf_weights(src)
     elif is_gguf(src):

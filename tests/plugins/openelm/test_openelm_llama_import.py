@@ -12,7 +12,7 @@ from plugins.lm.sampling import generate
 from plugins.openelm.config import OpenELMConfig
 from plugins.openelm.convert import build_from_state, read_hf_weights
 from plugins.openelm.import_llama import import_run, run
-from plugins.openelm.llama import config_from_llama, import_llama, is_llama_directory, state_from_llama
+from plugins.openelm.llama import config_from_llama, import_llama, state_from_llama
 from tests.helpers import assert_error_output
 from toolkit.checkpoint import load_model
 from toolkit.cli.common import run_cli
@@ -66,7 +66,6 @@ TOKENS = torch.tensor([[5, 17, 3, 88, 42, 9, 61, 2, 30, 71, 14], [1, 2, 3, 4, 5,
 
 def test_imported_llama_has_transformers_logits(llama_dir):
     directory, reference = llama_dir
-    assert is_llama_directory(directory)
     model, config = import_llama(directory)
     assert (config.num_query_heads, config.num_kv_heads, config.ffn_dim, config.normalize_qk) == (4, 2, 48, False)
     assert (config.rope_theta, config.norm_eps, config.tie_embeddings) == (5000.0, 1e-5, True)
@@ -169,3 +168,40 @@ def test_existing_out_and_non_llama_sources_are_refused(llama_dir, tmp_path, cap
     with pytest.raises(CheckpointError, match="model_type is 'mistral'"):
         config_from_llama({"model_type": "mistral"})
     assert not (tmp_path / "out").exists() and not any(tmp_path.glob("taken/*"))
+
+
+def test_an_imported_run_generates_and_soups_with_its_tokenizer_json(llama_dir, tmp_path):
+    """The run keeps tokenizer.json + tokenizer_config.json: loading for generation finds them, a
+    soup copies them, and a dataset built on them hands both to the next run."""
+    from plugins.lm.json_tokenizer import JsonTokenizer
+    from plugins.lm.loading import load_language_model
+    from plugins.lm.tokenizer import load_tokenizer
+    from plugins.rlhf.soup import make_soup
+
+    directory, reference = llama_dir
+    run_dir = import_run(directory, tmp_path / "run").parent
+    language_model = load_language_model(str(run_dir), "cpu")
+    assert isinstance(language_model.tokenizer, JsonTokenizer) and language_model.tokenizer.eos_id == 2
+    soup = make_soup([str(run_dir), str(run_dir)], None, tmp_path / "soup").parent
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (soup / name).read_bytes() == (directory / name).read_bytes()
+    assert load_tokenizer(soup / "tokenizer.json").run_files() == {
+        "tokenizer.json": soup / "tokenizer.json", "tokenizer_config.json": soup / "tokenizer_config.json"}
+
+
+def test_tokenizer_json_without_config_and_broken_files(llama_dir, tmp_path):
+    from plugins.lm.tokenizer import load_tokenizer
+    from toolkit.errors import DataError
+
+    directory, _ = llama_dir
+    alone = tmp_path / "alone" / "tokenizer.json"
+    alone.parent.mkdir()
+    alone.write_bytes((directory / "tokenizer.json").read_bytes())
+    assert load_tokenizer(alone).eos_id == 0  # no tokenizer_config.json: the usual <|endoftext|>
+    assert load_tokenizer(alone).run_files() == {"tokenizer.json": alone}
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(DataError, match="not a Hugging Face tokenizer.json"):
+        load_tokenizer(tmp_path / "broken.json")
+    (alone.parent / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "<|nope|>"}}))
+    with pytest.raises(DataError, match="eos_token '<|nope|>' is not in tokenizer.json's vocabulary"):
+        load_tokenizer(alone)
