@@ -75,7 +75,7 @@ class _PackedSource:
 
     def run_files(self) -> dict[str, Path]:
         """Files the engine copies into the run directory (generation needs the tokenizer)."""
-        return {"tokenizer.model": self.tokenizer.path}
+        return self.tokenizer.run_files()
 
 
 class PackedTrainSource(OrderedTrainSource, _PackedSource):

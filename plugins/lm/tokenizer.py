@@ -1,5 +1,9 @@
 """SentencePiece tokenizers: train one on shards (cached by content), or load the user's own.
 
+`load_tokenizer` also reads a Hugging Face `tokenizer.json` (json_tokenizer.py: a pretrained
+model's own vocabulary, SmolLM2's byte-level BPE say) behind the same interface; a run directory
+keeps whichever file it trained with under its usual name (`run_tokenizer_file` finds it).
+
 Trained models keep text exactly: identity normalisation, no collapsing of spaces, newline as a
 piece of its own and byte fallback for characters never seen, so `decode(encode(text)) == text`
 and generated samples keep their line breaks. Ids: 0 = <unk>, 1 = <s> (BOS), 2 = </s> (EOS).
@@ -50,24 +54,54 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.processor.decode(ids)
 
+    def run_files(self) -> dict[str, Path]:
+        """The files a run directory keeps of this tokenizer (name there -> file)."""
+        return tokenizer_run_files(self.path)
+
+
+# What a run directory calls its tokenizer: a SentencePiece model, or a Hugging Face tokenizer.json.
+SENTENCEPIECE_FILE = "tokenizer.model"
+JSON_FILE = "tokenizer.json"
+JSON_CONFIG_FILE = "tokenizer_config.json"  # its special tokens (json_tokenizer.py reads eos_token there)
+RUN_TOKENIZER_FILES = (SENTENCEPIECE_FILE, JSON_FILE)
+
+
+def tokenizer_run_files(path: str | Path) -> dict[str, Path]:
+    """What a run directory keeps of the tokenizer file `path` (name there -> file): a `.json` one
+    as tokenizer.json with the tokenizer_config.json beside it, if any; any other as tokenizer.model."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return {SENTENCEPIECE_FILE: path}
+    files = {JSON_FILE: path}
+    if path.with_name(JSON_CONFIG_FILE).is_file():
+        files[JSON_CONFIG_FILE] = path.with_name(JSON_CONFIG_FILE)
+    return files
+
+
+def run_tokenizer_file(directory: Path) -> Path | None:
+    """The tokenizer a run (or export, or soup) directory keeps, or None when it has none."""
+    for name in RUN_TOKENIZER_FILES:
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return None
+
 
 def default_threads() -> int:
     return max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def load_tokenizer(path: str | Path, expected_vocab_size: int | None = None) -> Tokenizer:
-    """A SentencePiece `.model` file, optionally checked against the configured vocabulary size."""
-    import sentencepiece
-
+    """A SentencePiece `.model` file or a Hugging Face `.json` one, optionally checked against the
+    configured vocabulary size."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: tokenizer file not found")
-    processor = sentencepiece.SentencePieceProcessor()
-    try:
-        processor.load(str(path))
-    except (OSError, RuntimeError) as error:
-        raise DataError(f"{path}: not a SentencePiece model ({str(error).splitlines()[0]})") from error
-    tokenizer = Tokenizer(path, processor)
+    if path.suffix == ".json":
+        from plugins.lm.json_tokenizer import load_json_tokenizer
+
+        tokenizer = load_json_tokenizer(path)
+    else:
+        tokenizer = _load_sentencepiece(path)
     if expected_vocab_size is not None and tokenizer.vocab_size != expected_vocab_size:
         raise DataError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but data.vocab_size is {expected_vocab_size}",
@@ -76,6 +110,17 @@ def load_tokenizer(path: str | Path, expected_vocab_size: int | None = None) -> 
     if tokenizer.eos_id < 0:
         raise DataError(f"{path}: the tokenizer has no end-of-sequence token; documents cannot be separated")
     return tokenizer
+
+
+def _load_sentencepiece(path: Path) -> Tokenizer:
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.load(str(path))
+    except (OSError, RuntimeError) as error:
+        raise DataError(f"{path}: not a SentencePiece model ({str(error).splitlines()[0]})") from error
+    return Tokenizer(path, processor)
 
 
 def _training_lines(shard_paths: list[Path]) -> Iterator[str]:

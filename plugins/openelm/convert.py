@@ -330,17 +330,25 @@ def build_from_state(config: OpenELMConfig, state: dict[str, torch.Tensor], sour
     return model.eval()
 
 
+def hf_config_path(src: Path, family: str) -> Path | None:
+    """The config.json of `src` when it is a directory (CheckpointError if it has none), None when it
+    is a file; CheckpointError if it does not exist. `family` names the layout in messages."""
+    if not src.exists():
+        raise CheckpointError(f"{src}: no such file or directory")
+    if not src.is_dir():
+        return None
+    if not (src / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{src}: not a Hugging Face {family} directory (no {CONFIG_FILE})")
+    return src / CONFIG_FILE
+
+
 def import_openelm(src: str | Path, config: OpenELMConfig | dict | str | Path | None = None
                    ) -> tuple[OpenELM, OpenELMConfig]:
     """Load an HF OpenELM directory, or a CoreNet `.pt` (config: OpenELMConfig, config.json dict or
     path; default the `config.json` beside it), into an OpenELM with bit-identical weights."""
     src = Path(src)
-    if not src.exists():
-        raise CheckpointError(f"{src}: no such file or directory")
-    if src.is_dir():
-        config_path = src / CONFIG_FILE
-        if not config_path.is_file():
-            raise CheckpointError(f"{src}: not a Hugging Face OpenELM directory (no {CONFIG_FILE})")
+    config_path = hf_config_path(src, "OpenELM")
+    if config_path is not None:
         resolved = config if isinstance(config, OpenELMConfig) else config_from_hf(_read_json(config_path), config_path)
         raw, weights_path = read_hf_weights(src)
         state = state_from_hf(raw)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plugins.lm.tokenizer import run_tokenizer_file
 from plugins.rlhf import gsm_data
 from plugins.rlhf.soup import make_soup, read_ingredient
 from toolkit.checkpoint import latest_checkpoint
@@ -130,7 +131,7 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m plugins.rlhf.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="a trained LM run (its tokenizer.model too)")
+    parser.add_argument("--base", type=Path, required=True, help="a trained or imported LM run (its tokenizer too)")
     parser.add_argument("--work", type=Path, required=True, help="folder for everything the demo makes")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--templates", type=Path, default=EASY_TEMPLATES, help="GSM-Symbolic template folder")
@@ -157,7 +158,7 @@ def run(argv: list[str]) -> int:
         stage("writing the SFT data")
         gsm_data.run(["--out", str(data), "--templates", str(arguments.templates), "--heldout", str(arguments.heldout),
                       "--instances", str(arguments.instances), "--heldout-instances", str(arguments.heldout_instances)])
-    tokenizer = base / "tokenizer.model"
+    tokenizer = run_tokenizer_file(base) or base / "tokenizer.model"  # a SmolLM2 import keeps tokenizer.json
     sft_overrides = [f"models.policy.source={base}", f"data.train_file={data / 'train.jsonl'}",
                      f"data.val_file={data / 'val.jsonl'}", f"data.tokenizer={tokenizer}",
                      f"data.batch_size={arguments.sft_batch}", *arguments.sft]

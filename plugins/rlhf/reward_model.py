@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.lm.tokenizer import Tokenizer, load_tokenizer
+from plugins.lm.tokenizer import Tokenizer, load_tokenizer, run_tokenizer_file
 from plugins.openelm import OpenELM, OpenELMConfig
 from plugins.rlhf.chat import ChatTemplate, chat_template
 from plugins.rlhf.packed import packed_hidden
@@ -217,7 +217,7 @@ class LearnedReward:
         if not isinstance(loaded.model, RewardModel):
             raise CheckpointError(f"{config.run}: holds a {type(loaded.model).__name__}, not a reward model")
         self.model, self.config = loaded.model, config
-        self.tokenizer = load_tokenizer(loaded.run_dir / "tokenizer.model")
+        self.tokenizer = load_tokenizer(run_tokenizer_file(loaded.run_dir) or loaded.run_dir / "tokenizer.model")
         self.template = chat_template(config.template)
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from plugins.lm.tokenizer import tokenizer_run_files
 from plugins.rlhf.sft_data import read_fields
 from toolkit.data import ShardInfo
 from toolkit.data.order import OrderedTrainSource, OrderedValidationSource, ValidationOrder, training_order
@@ -44,7 +45,7 @@ class _Prompts:
 
     def run_files(self) -> dict[str, Path]:
         """The tokenizer goes with the run, so its policy loads for generation and evaluation."""
-        return {"tokenizer.model": self.tokenizer} if self.tokenizer is not None else {}
+        return tokenizer_run_files(self.tokenizer) if self.tokenizer is not None else {}
 
     def batch(self, indices: np.ndarray) -> dict[str, list[str]]:
         return {"prompt": [self.prompts[i] for i in indices], "reference": [self.references[i] for i in indices]}

@@ -41,7 +41,7 @@ class _Rows:
 
     def run_files(self) -> dict[str, Path]:
         """The tokenizer goes with the run: generation and evaluation read it there."""
-        return {"tokenizer.model": self.tokenizer.path}
+        return self.tokenizer.run_files()
 
 
 class RowsTrain(OrderedTrainSource, _Rows):

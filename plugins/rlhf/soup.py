@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import yaml
 
+from plugins.lm.tokenizer import run_tokenizer_file, tokenizer_run_files
 from toolkit.checkpoint import (
     ModelConfig,
     checkpoint_name,
@@ -70,8 +71,8 @@ class Ingredient:
         return self.checkpoint.parent
 
     def tokenizer_digest(self) -> str | None:
-        path = self.run_dir / TOKENIZER_FILE
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        path = run_tokenizer_file(self.run_dir)  # tokenizer.model, or a Hugging Face tokenizer.json
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
 
 
 def trained_model_name(checkpoint: Path, recipe: dict[str, Any], name: str | None = None) -> str:
@@ -187,9 +188,10 @@ def write_soup(ingredients: list[Ingredient], weights: list[float], out: Path) -
         (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 0, "soup": record}))
         (temporary / "recipe.yaml").write_text(recipe_text)
         (temporary / SOUP_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        tokenizer = ingredients[0].run_dir / TOKENIZER_FILE
-        if tokenizer.is_file():
-            shutil.copyfile(tokenizer, temporary / TOKENIZER_FILE)
+        tokenizer = run_tokenizer_file(ingredients[0].run_dir)
+        if tokenizer is not None:
+            for name, source in tokenizer_run_files(tokenizer).items():
+                shutil.copyfile(source, temporary / name)
     return out / checkpoint_name(0)
 
 

@@ -1,0 +1,174 @@
+"""Llama checkpoints read into the toolkit's OpenELM: a Llama is an OpenELM with uniform widths.
+
+Sources: a Hugging Face Llama directory (`config.json` with model_type "llama" + safetensors, or
+`pytorch_model.bin`, or shards) or a Llama `.gguf` file, which transformers dequantises to float32
+offline (its GGUF reader already undoes llama.cpp's Q/K row permutation, so the tensors arrive in
+Hugging Face's layout). SmolLM2-135M (DATA.md) is one.
+
+The mapping. Config: hidden_size -> model_dim, the uniform overrides num_query_heads /
+num_kv_heads / ffn_dim from num_attention_heads / num_key_value_heads / intermediate_size, no
+Q/K norm, rope_theta, rms_norm_eps, tie_word_embeddings. Weights: q, k, v stacked (in that order)
+as the rows of the fused `qkv_proj`; gate then up as the rows of the FFN's `proj_1` (OpenELM
+computes act(first half) * second half); down -> `proj_2`, o -> `out_proj`, input_layernorm ->
+`attn_norm`, post_attention_layernorm -> `ffn_norm`. Both models rotate with rotate-half RoPE
+(pairs j and j + E/2) and scale attention by 1/sqrt(head_dim), so nothing else changes.
+
+What OpenELM cannot express is refused in one line before any weights are read: rope scaling of
+any kind, attention or MLP biases, an activation other than SiLU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plugins.lm.hf_model import is_gguf
+from plugins.openelm.config import OpenELMConfig
+from plugins.openelm.convert import CONFIG_FILE, _read_json, build_from_state, hf_config_path, read_hf_weights
+from plugins.openelm.model import OpenELM
+from toolkit.errors import CheckpointError
+
+REQUIRED_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+# Tensors of a Llama state dict that are not weights (transformers' RoPE cache, when saved).
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+# Per layer: Llama name (under model.layers.{i}.) -> ours (under layers.{i}.), for the unfused tensors.
+LAYER_RENAMES = {
+    "self_attn.o_proj.weight": "attn.out_proj.weight",
+    "mlp.down_proj.weight": "ffn.proj_2.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+# Per layer: our fused tensor -> the Llama tensors stacked into its rows, in order.
+LAYER_FUSIONS = {
+    "attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "ffn.proj_1.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+}
+
+
+def _rope_theta(config: dict[str, Any], source: str) -> float:
+    """rope_theta, refusing any rope scaling (transformers 4 says rope_scaling, 5 rope_parameters)."""
+    scaling = config.get("rope_scaling")
+    if scaling:
+        raise CheckpointError(f"{source}: rope_scaling {scaling!r} is not supported: OpenELM uses plain RoPE")
+    parameters = config.get("rope_parameters") or {}
+    if not isinstance(parameters, dict):
+        raise CheckpointError(f"{source}: rope_parameters must be a mapping, got {parameters!r}")
+    rope_type = parameters.get("rope_type", parameters.get("type", "default"))
+    if rope_type != "default":
+        raise CheckpointError(f"{source}: rope type {rope_type!r} is not supported: OpenELM uses plain RoPE")
+    theta = parameters.get("rope_theta", config.get("rope_theta", 10000.0))
+    return float(theta)
+
+
+def config_from_llama(config: dict[str, Any], source: str | Path = CONFIG_FILE) -> OpenELMConfig:
+    """The OpenELMConfig of a Llama config (config.json's dict); CheckpointError naming what OpenELM
+    cannot express."""
+    source = str(source)
+    if config.get("model_type") != "llama":
+        raise CheckpointError(f"{source}: model_type is {config.get('model_type')!r}, not 'llama'")
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise CheckpointError(f"{source}: not a Llama config, missing {', '.join(missing)}")
+    for key in ("attention_bias", "mlp_bias"):
+        if config.get(key):
+            raise CheckpointError(f"{source}: {key} is true; OpenELM has no biases")
+    activation = config.get("hidden_act", "silu")
+    if activation != "silu":
+        raise CheckpointError(f"{source}: hidden_act is {activation!r}; only 'silu' (SwiGLU) maps onto OpenELM")
+    rope_theta = _rope_theta(config, source)
+    try:
+        heads = int(config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        return OpenELMConfig(
+            vocab_size=int(config["vocab_size"]),
+            max_context_length=int(config.get("max_position_embeddings", 2048)),
+            num_layers=int(config["num_hidden_layers"]),
+            model_dim=int(config["hidden_size"]),
+            head_dim=head_dim,
+            num_gqa_groups=max(1, heads // kv_heads),
+            num_query_heads=heads,
+            num_kv_heads=kv_heads,
+            ffn_dim=int(config["intermediate_size"]),
+            rope_theta=rope_theta,
+            norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            normalize_qk=False,
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            init_std=float(config.get("initializer_range", 0.02)),
+        )
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise CheckpointError(f"{source}: invalid Llama config ({error})".splitlines()[0]) from error
+
+
+def state_from_llama(state: dict[str, torch.Tensor], config: OpenELMConfig, source: str | Path
+                     ) -> dict[str, torch.Tensor]:
+    """A Llama state dict under OpenELM's names (fused q/k/v and gate/up); CheckpointError if a
+    tensor is missing or left over."""
+    state = {key: value for key, value in state.items() if not key.endswith(IGNORED_SUFFIXES)}
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in state:
+            raise CheckpointError(f"{source}: Llama weights lack '{key}'")
+        used.add(key)
+        return state[key]
+
+    out = {"token_embeddings.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.norm.weight")}
+    for index in range(config.num_layers):
+        prefix = f"model.layers.{index}."
+        for theirs, ours in LAYER_RENAMES.items():
+            out[f"layers.{index}.{ours}"] = take(prefix + theirs)
+        for ours, parts in LAYER_FUSIONS.items():
+            out[f"layers.{index}.{ours}"] = torch.cat([take(prefix + part) for part in parts], dim=0)
+    if config.tie_embeddings:
+        head = state.get("lm_head.weight")
+        if head is not None:  # transformers' in-memory state lists the tied head too: it must be the embedding
+            if not torch.equal(take("lm_head.weight"), out["token_embeddings.weight"]):
+                raise CheckpointError(f"{source}: tie_word_embeddings is true but lm_head.weight differs from the "
+                                      "embedding")
+    else:
+        out["lm_head.weight"] = take("lm_head.weight")
+    left = sorted(set(state) - used)
+    if left:
+        raise CheckpointError(f"{source}: {len(left)} Llama tensors have no place in OpenELM (e.g. {left[:3]})")
+    return out
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line (its type when it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _load_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """config dict and float32 state dict of a GGUF file, through transformers (offline)."""
+    from plugins.lm.hf_model import _transformers
+
+    transformers = _transformers()
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: transformers could not read this GGUF file ({first_line(error)})") from error
+    return model.config.to_dict(), {key: value.detach() for key, value in model.state_dict().items()}
+
+
+def import_llama(src: str | Path) -> tuple[OpenELM, OpenELMConfig]:
+    """An OpenELM holding a Llama directory's or GGUF file's weights (float32 for GGUF), in eval mode."""
+    src = Path(src)
+    config_path = hf_config_path(src, "Llama")
+    if config_path is not None:
+        config = config_from_llama(_read_json(config_path), config_path)  # refused before the weights are read
+        raw, weights_path = read_hf_weights(src)
+    elif is_gguf(src):
+        config_json, raw = _load_gguf(src)
+        config, weights_path = config_from_llama(config_json, src), src
+    else:
+        raise CheckpointError(f"{src}: neither a Hugging Face Llama directory nor a GGUF file")
+    # The toolkit trains float32 master weights (bf16 is autocast): a bf16 directory is widened once here.
+    raw = {key: value.float() if value.is_floating_point() else value for key, value in raw.items()}
+    state = state_from_llama(raw, config, weights_path)
+    return build_from_state(config, state, weights_path), config
