@@ -29,7 +29,8 @@ def is_gguf(path: Path) -> bool:
         return handle.read(4) == GGUF_MAGIC
 
 
-def _transformers():
+def require_transformers():
+    """The transformers module, or one line saying how to install it."""
     try:
         import transformers
     except ImportError as error:
@@ -109,7 +110,7 @@ class HFLanguageModel(CountsContextOverflow):
     def generate_until(self, prompts: list[str], stop: list[str], max_new_tokens: int,
                        batch_size: int = 1) -> list[str]:
         """Greedy continuations, batched with left padding, cut before the first stop string."""
-        transformers = _transformers()
+        transformers = require_transformers()
         tokenizer = self.tokenizer.tokenizer
         completions: list[str] = []
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.tokenizer.eos_id
@@ -148,7 +149,7 @@ class HFLanguageModel(CountsContextOverflow):
 
 def load_hf_language_model(path: Path, device: str) -> HFLanguageModel:
     """A local Hugging Face causal-LM directory or GGUF file, in fp32, offline."""
-    transformers = _transformers()
+    transformers = require_transformers()
     if path.is_file():
         directory, keywords = path.parent, {"gguf_file": path.name}
     else:

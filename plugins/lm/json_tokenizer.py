@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugins.lm.tokenizer import JSON_CONFIG_FILE as TOKENIZER_CONFIG_FILE
-from plugins.lm.tokenizer import tokenizer_run_files
+from plugins.lm.tokenizer_files import JSON_CONFIG_FILE as TOKENIZER_CONFIG_FILE
+from plugins.lm.tokenizer_files import tokenizer_run_files
 from toolkit.errors import DataError
 
 # End-of-sequence spellings tried, in order, when no tokenizer_config.json names one.

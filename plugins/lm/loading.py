@@ -17,7 +17,8 @@ import torch
 
 from plugins.lm.hf_model import HFLanguageModel, is_gguf, load_hf_language_model
 from plugins.lm.language_model import LanguageModel
-from plugins.lm.tokenizer import RUN_TOKENIZER_FILES, Tokenizer, load_tokenizer, run_tokenizer_file
+from plugins.lm.tokenizer import Tokenizer, load_tokenizer
+from plugins.lm.tokenizer_files import RUN_TOKENIZER_FILES, run_tokenizer_file
 from toolkit.errors import CheckpointError, DataError
 from toolkit.importers import importer_for
 from toolkit.registry import Component

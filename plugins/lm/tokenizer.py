@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from plugins.lm.tokenizer_files import tokenizer_run_files
 from toolkit.data.cache import build_once, hash_file
 from toolkit.data.shards import read_documents
 from toolkit.errors import DataError
@@ -57,33 +58,6 @@ class Tokenizer:
     def run_files(self) -> dict[str, Path]:
         """The files a run directory keeps of this tokenizer (name there -> file)."""
         return tokenizer_run_files(self.path)
-
-
-# What a run directory calls its tokenizer: a SentencePiece model, or a Hugging Face tokenizer.json.
-SENTENCEPIECE_FILE = "tokenizer.model"
-JSON_FILE = "tokenizer.json"
-JSON_CONFIG_FILE = "tokenizer_config.json"  # its special tokens (json_tokenizer.py reads eos_token there)
-RUN_TOKENIZER_FILES = (SENTENCEPIECE_FILE, JSON_FILE)
-
-
-def tokenizer_run_files(path: str | Path) -> dict[str, Path]:
-    """What a run directory keeps of the tokenizer file `path` (name there -> file): a `.json` one
-    as tokenizer.json with the tokenizer_config.json beside it, if any; any other as tokenizer.model."""
-    path = Path(path)
-    if path.suffix != ".json":
-        return {SENTENCEPIECE_FILE: path}
-    files = {JSON_FILE: path}
-    if path.with_name(JSON_CONFIG_FILE).is_file():
-        files[JSON_CONFIG_FILE] = path.with_name(JSON_CONFIG_FILE)
-    return files
-
-
-def run_tokenizer_file(directory: Path) -> Path | None:
-    """The tokenizer a run (or export, or soup) directory keeps, or None when it has none."""
-    for name in RUN_TOKENIZER_FILES:
-        if (Path(directory) / name).is_file():
-            return Path(directory) / name
-    return None
 
 
 def default_threads() -> int:

@@ -28,7 +28,7 @@ MODEL_NAME = "openelm"  # the registered model the run's recipe names (its confi
 
 def _tokenizer_files(src: Path, tokenizer: Path | None, scratch: Path) -> dict[str, Path]:
     """Name in the run directory -> file, for the tokenizer that goes with `src`."""
-    from plugins.lm.tokenizer import run_tokenizer_file, tokenizer_run_files
+    from plugins.lm.tokenizer_files import run_tokenizer_file, tokenizer_run_files
     from toolkit.errors import CheckpointError
 
     if tokenizer is not None:
@@ -39,11 +39,11 @@ def _tokenizer_files(src: Path, tokenizer: Path | None, scratch: Path) -> dict[s
             raise CheckpointError(f"{src}: has neither tokenizer.json nor tokenizer.model",
                                   hint="pass --tokenizer with the model's tokenizer file")
         return tokenizer_run_files(found)
-    from plugins.lm.hf_model import _transformers
+    from plugins.lm.hf_model import require_transformers
     from plugins.openelm.llama import first_line
 
     try:  # transformers turns the GGUF's vocabulary and merges into a tokenizers model
-        converted = _transformers().AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name,
+        converted = require_transformers().AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name,
                                                                   local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
         raise CheckpointError(f"{src}: transformers could not read the GGUF file's tokenizer ({first_line(error)})",

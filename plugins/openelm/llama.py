@@ -145,9 +145,9 @@ def first_line(error: BaseException) -> str:
 
 def _load_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """config dict and float32 state dict of a GGUF file, through transformers (offline)."""
-    from plugins.lm.hf_model import _transformers
+    from plugins.lm.hf_model import require_transformers
 
-    transformers = _transformers()
+    transformers = require_transformers()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             path.parent, gguf_file=path.name, local_files_only=True, dtype=torch.float32)

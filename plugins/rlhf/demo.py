@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plugins.lm.tokenizer import run_tokenizer_file
+from plugins.lm.tokenizer_files import run_tokenizer_file
 from plugins.rlhf import gsm_data
 from plugins.rlhf.soup import make_soup, read_ingredient
 from toolkit.checkpoint import latest_checkpoint

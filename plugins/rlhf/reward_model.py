@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plugins.lm.tokenizer import Tokenizer, load_tokenizer, run_tokenizer_file
+from plugins.lm.tokenizer import Tokenizer, load_tokenizer
+from plugins.lm.tokenizer_files import run_tokenizer_file
 from plugins.openelm import OpenELM, OpenELMConfig
 from plugins.rlhf.chat import ChatTemplate, chat_template
 from plugins.rlhf.packed import packed_hidden

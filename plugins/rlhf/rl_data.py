@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from plugins.lm.tokenizer import tokenizer_run_files
+from plugins.lm.tokenizer_files import tokenizer_run_files
 from plugins.rlhf.sft_data import read_fields
 from toolkit.data import ShardInfo
 from toolkit.data.order import OrderedTrainSource, OrderedValidationSource, ValidationOrder, training_order

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import yaml
 
-from plugins.lm.tokenizer import run_tokenizer_file, tokenizer_run_files
+from plugins.lm.tokenizer_files import run_tokenizer_file, tokenizer_run_files
 from toolkit.checkpoint import (
     ModelConfig,
     checkpoint_name,

@@ -29,6 +29,7 @@ ALLOWED_PLUGIN_EDGES = {
     ("duo", "openelm"),  # Duo-LLM's blocks are OpenELM's, with a small FFN beside the big one
     ("duo", "lm"),  # the duo_lm task extends causal_lm; tests decode with the lm plugin's sampler
     ("sparse", "openelm"),  # sparse decoding runs OpenELM's blocks with only the active FFN neurons
+    ("openelm", "lm"),  # a Llama checkpoint (GGUF or HF) is imported into OpenELM: lm reads GGUF and tokenizers
     ("sparse", "lm"),  # tests and the benchmark decode with the lm plugin's sampler
 }
 
