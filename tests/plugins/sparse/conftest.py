@@ -1,0 +1,32 @@
+"""Fixtures of the sparse tests: a relufied tiny OpenELM run, trained in this process in seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# openelm/tiny.yaml shrunk to seconds: 2 layers, width 32, 16-token windows, 2 steps, relu in the FFN.
+TINY_RELU_RUN = ["model.ffn_activation=relu", "model.num_layers=2", "model.model_dim=32", "model.head_dim=8",
+                 "model.ffn_dim_divisor=16", "data.seq_len=16", "data.batch_size=4", "trainer.max_steps=2",
+                 "trainer.save_every=2", "trainer.eval_every=0", "trainer.keep_last=1", "trainer.log_every=1",
+                 "trainer.precision=fp32", "schedule.warmup_steps=1", "trainer.peak_flops=1e12",
+                 "trainer.progress=false", "trainer.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def relu_run(tmp_path_factory):
+    """A 2-step run of openelm/tiny.yaml with ffn_activation=relu (its step-000002 saved)."""
+    from toolkit.assembly import build_trainer
+    from toolkit.plugins import get_registries
+    from toolkit.recipe import load_recipe
+
+    out_dir = tmp_path_factory.mktemp("relu-run") / "run"
+    threads = torch.get_num_threads()  # the recipe pins 1 thread; give the test process its own back
+    recipe = load_recipe("openelm/tiny.yaml", [*TINY_RELU_RUN, f"trainer.out_dir={out_dir}"], get_registries())
+    trainer = build_trainer(recipe)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+        torch.set_num_threads(threads)
+    return out_dir
