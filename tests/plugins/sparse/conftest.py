@@ -30,3 +30,23 @@ def relu_run(tmp_path_factory):
         trainer.close()
         torch.set_num_threads(threads)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def sparse_files(relu_run, tmp_path_factory):
+    """The run's FFN bundle, a predictor file fitted to it, and 3/4 of its FFN bytes (a DRAM cap)."""
+    from plugins.lm.loading import load_language_model
+    from plugins.sparse import write_bundle
+    from plugins.sparse.evaluator import fit_predictors
+    from plugins.sparse.predictor import PredictorConfig
+    from plugins.sparse.predictor_file import save_predictors
+    from toolkit.cli.common import run_cli
+
+    folder = tmp_path_factory.mktemp("sparse-files")
+    assert run_cli(write_bundle.run, [str(relu_run), str(folder / "ffn.bundle")]) == 0
+    model = load_language_model(str(relu_run), "cpu").model
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    predictors = fit_predictors(model, ids, PredictorConfig(rank=4, steps=20))
+    save_predictors(predictors, model, str(relu_run), folder / "predictors.safetensors")
+    ffn_bytes = sum(layer.ffn.proj_1.weight.numel() + layer.ffn.proj_2.weight.numel() for layer in model.layers) * 4
+    return folder / "ffn.bundle", folder / "predictors.safetensors", ffn_bytes * 3 // 4

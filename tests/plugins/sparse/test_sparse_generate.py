@@ -16,7 +16,6 @@ import torch
 
 from plugins.lm import generate_cli
 from plugins.lm.loading import load_language_model
-from plugins.sparse import write_bundle
 from plugins.sparse.evaluator import fit_predictors
 from plugins.sparse.predictor import PredictorConfig
 from plugins.sparse.predictor_file import save_predictors
@@ -31,19 +30,6 @@ def generate(run, capsys, *arguments: str) -> tuple[str, str]:
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def sparse_files(relu_run, tmp_path_factory):
-    """The run's FFN bundle, a predictor file fitted to it, and 3/4 of its FFN bytes (a DRAM cap)."""
-    folder = tmp_path_factory.mktemp("sparse-files")
-    assert run_cli(write_bundle.run, [str(relu_run), str(folder / "ffn.bundle")]) == 0
-    model = load_language_model(str(relu_run), "cpu").model
-    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
-    predictors = fit_predictors(model, ids, PredictorConfig(rank=4, steps=20))
-    save_predictors(predictors, model, str(relu_run), folder / "predictors.safetensors")
-    ffn_bytes = sum(layer.ffn.proj_1.weight.numel() + layer.ffn.proj_2.weight.numel() for layer in model.layers) * 4
-    return folder / "ffn.bundle", folder / "predictors.safetensors", ffn_bytes * 3 // 4
 
 
 def test_relu_path_in_dram_and_from_disk_gives_the_dense_greedy_text(relu_run, sparse_files, capsys):
