@@ -210,8 +210,8 @@ def open_neuron_cache(config: SparseDecodingConfig, model: OpenELM) -> NeuronCac
 
 def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> SparseDecoder:
     """The registered decoder's factory: `model` (a relufied OpenELM) decoded sparsely."""
-    if not isinstance(model, OpenELM):
-        raise RecipeError(f"--decoder sparse: the model is {type(model).__name__}; sparse decoding runs OpenELMs")
+    if type(model) is not OpenELM:  # subclasses (Duo's routed FFNs) run other FFN steps
+        raise RecipeError(f"--decoder sparse: the model is {type(model).__name__}; sparse decoding runs plain OpenELMs")
     if config.active == "relu" and model.config.ffn_activation == "silu":
         raise RecipeError(f"{WHERE}: active: relu needs a relufied model, and this one's FFN uses silu, which is "
                           "never exactly zero", hint="fine-tune it with sparse/relufy_tiny.yaml, or use active: all")
@@ -222,7 +222,8 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
                     f"threshold {predictors[0].threshold:g})"
     else:
         source = TruePattern(model) if config.active == "relu" else AllActive()
-        described = f"active={config.active}"
+        # the oracle finds the pattern by computing every gate row: bytes it reads beyond those counted
+        described = "active=relu (oracle: reads every gate row)" if config.active == "relu" else "active=all"
     cache = open_neuron_cache(config, model) if config.bundle else None
     if cache is not None:
         described += f", FFN weights from {config.bundle} under a {config.dram_cap}-byte DRAM cap, window {config.window}"

@@ -38,9 +38,5 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(run, argv))
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(run))

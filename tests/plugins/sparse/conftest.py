@@ -16,20 +16,9 @@ TINY_RELU_RUN = ["model.ffn_activation=relu", "model.num_layers=2", "model.model
 @pytest.fixture(scope="session")
 def relu_run(tmp_path_factory):
     """A 2-step run of openelm/tiny.yaml with ffn_activation=relu (its step-000002 saved)."""
-    from toolkit.assembly import build_trainer
-    from toolkit.plugins import get_registries
-    from toolkit.recipe import load_recipe
+    from helpers import train_in_process
 
-    out_dir = tmp_path_factory.mktemp("relu-run") / "run"
-    threads = torch.get_num_threads()  # the recipe pins 1 thread; give the test process its own back
-    recipe = load_recipe("openelm/tiny.yaml", [*TINY_RELU_RUN, f"trainer.out_dir={out_dir}"], get_registries())
-    trainer = build_trainer(recipe)
-    try:
-        trainer.fit()
-    finally:
-        trainer.close()
-        torch.set_num_threads(threads)
-    return out_dir
+    return train_in_process("openelm/tiny.yaml", TINY_RELU_RUN, tmp_path_factory.mktemp("relu-run") / "run")
 
 
 @pytest.fixture(scope="session")

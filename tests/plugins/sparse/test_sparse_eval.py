@@ -9,6 +9,7 @@ decoded with, scores exactly as the fitted predictors did (same precision, recal
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def evaluate(capsys, *arguments: str) -> dict:
     captured = capsys.readouterr()
     assert code == 0, captured.err
     output = arguments[arguments.index("--output") + 1]
-    return json.loads((__import__("pathlib").Path(output) / "results.json").read_text())
+    return json.loads((Path(output) / "results.json").read_text())
 
 
 def test_perplexity_is_scored_on_the_decoding_path(relu_run, sparse_files, tmp_path, capsys):
@@ -42,12 +43,12 @@ def test_perplexity_is_scored_on_the_decoding_path(relu_run, sparse_files, tmp_p
     for result in (in_dram, on_disk):
         assert result["metrics"]["tokens"] == dense["metrics"]["tokens"] == 32  # 2 windows of 16
         assert result["metrics"]["nll_per_token"] == pytest.approx(dense["metrics"]["nll_per_token"], rel=1e-5)
-    assert in_dram["notes"] == ["sparse decoding (active=relu, FFN weights in DRAM); "
-                                "32 tokens scored as whole sequences, each token with its own active set"]
+    assert in_dram["notes"] == ["sparse decoding (active=relu (oracle: reads every gate row), FFN weights in "
+                                "DRAM); 32 tokens scored as whole sequences, each token with its own active set"]
     note = on_disk["notes"][0]
     # two windows of 16 inputs, one row at a time (--batch-size 1), one position at a time: 32 steps
-    assert note.startswith(f"sparse decoding (active=relu, FFN weights from {bundle} under a {cap}-byte DRAM cap, "
-                           "window 5); 32 one-token steps in ")
+    assert note.startswith("sparse decoding (active=relu (oracle: reads every gate row), FFN weights from "
+                           f"{bundle} under a {cap}-byte DRAM cap, window 5); 32 one-token steps in ")
     assert "read from disk per token" in note and "cache hit rate 0." in note and "cost model" in note
 
 
