@@ -178,7 +178,8 @@ class SparseDecoder(nn.Module):
             if line:
                 parts.append(line)
         if self.sequence_tokens:
-            parts.append(f"{self.sequence_tokens} tokens scored as whole sequences, each token with its own active set")
+            parts.append(f"{self.sequence_tokens} tokens run as whole sequences (a prefill, or scoring), each token "
+                         "with its own active set")
         return "; ".join(parts)
 
 

@@ -39,10 +39,11 @@ def test_relu_path_in_dram_and_from_disk_gives_the_dense_greedy_text(relu_run, s
     relu, relu_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options", "{active: relu}")
     assert relu == dense and len(dense) > len("ROMEO:\n")
     line = relu_err.strip().splitlines()[-1]
-    # 2 prompt tokens (end-of-text, then the prompt's) go as one prefill; then 7 one-token steps
+    # 3 prompt tokens (end-of-text, then the prompt's two) go as one prefill; then 7 one-token steps
     assert line.startswith("sparse decoding (active=relu (oracle: reads every gate row), FFN weights in DRAM); "
                            "7 one-token steps in ")
     assert "tokens/s; FFN weights used per token " in line and "cache hit rate" not in line
+    assert line.endswith("; 3 tokens run as whole sequences (a prefill, or scoring), each token with its own active set")
     disk, disk_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
                               f"{{active: relu, bundle: {bundle}, dram_cap: {cap}, window: 3}}")
     assert disk == dense
