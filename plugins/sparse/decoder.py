@@ -24,6 +24,7 @@ with its own active set (the same arithmetic as decoding).
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,10 +204,16 @@ def open_neuron_cache(config: SparseDecodingConfig, model: OpenELM) -> NeuronCac
     reader = BundleReader(Path(config.bundle), expected_shapes=shapes, readahead=False)
     try:
         check_bundle_weights(reader, model)
-        return NeuronCache(reader, config.dram_cap, config.window, config.read_threads)
+        cache = NeuronCache(reader, config.dram_cap, config.window, config.read_threads)
     except BaseException:
         reader.close()
         raise
+    widest = max(range(len(reader.layers)), key=lambda index: reader.layers[index].ffn_dim)
+    if cache.num_slots < reader.layers[widest].ffn_dim:  # a cap below a layer is the point, but say what it risks
+        print(f"warning: --decoder-options: dram_cap {config.dram_cap} holds {cache.num_slots} neurons, fewer than "
+              f"layer {widest}'s {reader.layers[widest].ffn_dim}; a step that needs more of one layer's neurons at "
+              "once stops decoding with an error", file=sys.stderr)
+    return cache
 
 
 def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> SparseDecoder:

@@ -105,3 +105,13 @@ def test_bad_relu_stats_options_are_one_line_and_write_nothing(relu_run, tmp_pat
     code = run_cli(eval_main, ["relu_stats", "--model", str(relu_run), "--output", str(output), *options])
     assert_error_output(code, capsys.readouterr().err, *fragments)
     assert not output.exists() and not (tmp_path / "p.safetensors").exists()
+
+
+def test_an_evaluator_whose_handle_holds_no_network_cannot_take_a_decoder():
+    from types import SimpleNamespace
+
+    from toolkit.cli.eval import apply_decoder
+    from toolkit.evaluation import EvaluationError
+
+    with pytest.raises(EvaluationError, match="evaluator 'gsm_symbolic' scores models that cannot take --decoder"):
+        apply_decoder(SimpleNamespace(model="not a network"), "gsm_symbolic", "sparse", "{}")

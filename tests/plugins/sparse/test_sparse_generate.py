@@ -47,6 +47,7 @@ def test_relu_path_in_dram_and_from_disk_gives_the_dense_greedy_text(relu_run, s
     disk, disk_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
                               f"{{active: relu, bundle: {bundle}, dram_cap: {cap}, window: 3}}")
     assert disk == dense
+    assert f"warning: --decoder-options: dram_cap {cap} holds 101 neurons, fewer than layer 1's 128" in disk_err
     line = disk_err.strip().splitlines()[-1]
     assert f"FFN weights from {bundle} under a {cap}-byte DRAM cap, window 3" in line
     assert "one-token steps" in line and "read from disk per token" in line and "cache hit rate 0." in line
