@@ -19,6 +19,7 @@ The model option itself (`ffn_activation`, `activation_shift`, `relu_after_norm`
 FFN weights served from disk (row-column bundles, a DRAM neuron cache, a cost model) are the
 modules bundle.py, neuron_cache.py, naive_loader.py, cost_model.py, fetch_stats.py and
 activation_patterns.py; their NeuronCache and NaiveNeuronLoader are RowProviders too.
+`python -m plugins.sparse.write_bundle RUN PATH` writes a run's bundle (write_bundle.py).
 """
 
 from __future__ import annotations
