@@ -60,3 +60,21 @@ def assert_unchanged(before: dict[str, object], *roots: Path) -> None:
     after = snapshot(*roots)
     changed = sorted(key for key in before.keys() | after.keys() if before.get(key, "absent") != after.get(key, "absent"))
     assert not changed, f"written or removed: {changed[:10]}"
+
+
+def train_in_process(recipe_name: str, overrides: list[str], out_dir: Path) -> Path:
+    """`toolkit-train recipe_name overrides` into `out_dir`, in this process (a tiny recipe: seconds)."""
+    import torch
+
+    from toolkit.assembly import build_trainer
+    from toolkit.plugins import get_registries
+    from toolkit.recipe import load_recipe
+
+    threads = torch.get_num_threads()  # recipes pin their thread count; give the test process its own back
+    trainer = build_trainer(load_recipe(recipe_name, [*overrides, f"trainer.out_dir={out_dir}"], get_registries()))
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+        torch.set_num_threads(threads)
+    return out_dir

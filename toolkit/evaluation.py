@@ -11,7 +11,8 @@ an interrupted run resumes where it stopped. `run_evaluation` then writes `resul
 An output directory belongs to one (evaluator, model): results or a partial cache of another are
 never replaced silently (`overwrite=True`, `toolkit-eval --overwrite`, allows it). A model handle
 may offer `truncation_report() -> str | None` (inputs longer than its context, with counts); the
-report becomes one warning on stderr and a note in results.json.
+report becomes one warning on stderr and a note in results.json; so does the
+`decoding_report()` of a `--decoder` wrapper held as the handle's `model` (toolkit.decoding).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from toolkit.decoding import decoding_report
 from toolkit.errors import ToolkitError
 from toolkit.progress import progress
 from toolkit.files import atomic_write_bytes, atomic_write_text
@@ -207,6 +209,10 @@ def run_evaluation(evaluator: Evaluator, model: Any, output_dir: Path, fingerpri
     if truncation:
         print(f"warning: {truncation}", file=sys.stderr)
         context.notes.append(truncation)
+    decoded = decoding_report(getattr(model, "model", None))  # a --decoder path says what it did
+    if decoded:
+        print(decoded, file=sys.stderr)
+        context.notes.append(decoded)
     cache = context.open_cache()
     results = {**fingerprint, "metrics": metrics, "num_samples": len(context.samples)}
     if context.notes:

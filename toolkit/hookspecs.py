@@ -91,6 +91,21 @@ def register_routers(register):
 
 
 @hookspec
+def register_decoders(register):
+    """Register decoding paths: other ways to run a loaded model's forward pass (sparse FFNs, say).
+
+    `factory(config, model) -> torch.nn.Module`: the model wrapped to compute the same function
+    another way, with the model's own `forward(input_ids)` and, when the model has them,
+    `make_cache` / `forward_step` (KV-cache decoding), so samplers and evaluators run it unchanged.
+    `toolkit-generate --decoder NAME --decoder-options YAML` and `toolkit-eval --decoder ...` apply
+    one, so quality is measured on the path that is timed. A model that does not fit raises a
+    ToolkitError (one line). The wrapper may offer `decoding_report() -> str`: one line of what
+    the path did (tokens/s, bytes read); the commands print it to stderr (and eval keeps it in
+    results.json's notes).
+    """
+
+
+@hookspec
 def register_optimizers(register):
     """Register optimizers. `factory(config, model: nn.Module) -> torch.optim.Optimizer`.
 

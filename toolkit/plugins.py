@@ -27,6 +27,7 @@ KINDS = (
     "datasets",
     "tasks",
     "routers",
+    "decoders",
     "optimizers",
     "schedulers",
     "evaluators",

@@ -20,11 +20,14 @@ Modes: warm (the file stays in the page cache, as a file smaller than free DRAM 
 (the file's pages are dropped with posix_fadvise before every token, as a model larger than DRAM
 would see; mincore reports how much stayed cached). Weights are random (I/O does not care); the
 activation patterns are synthesized with a stated sparsity and overlap (activation_patterns.py)
-unless --patterns names recorded ones. A cost model (cost_model.py) from measured positioned-read
-speed is printed beside each measurement.
+unless --patterns names recorded ones, or --record-from RUN records them: a relufied run reads
+its own validation text and each token's true ReLU pattern (activation != 0) is the request; then
+the files hold that run's real weights (--save-patterns keeps the patterns as an .npz). A cost
+model (cost_model.py) from measured positioned-read speed is printed beside each measurement.
 
     python tools/bench_flash_ffn.py                      # tiny OpenELM, about a minute
     python tools/bench_flash_ffn.py --active 0.05 --overlap 0.8
+    python tools/bench_flash_ffn.py --record-from runs/relufy-tiny --save-patterns /tmp/relufy.npz
 
 The last line printed is a JSON object with every figure.
 """
@@ -45,7 +48,8 @@ import torch
 
 from plugins.openelm.config import PRESETS
 from plugins.openelm.model import OpenELM
-from plugins.sparse.activation_patterns import load_recorded, overlap_statistics, synthesize
+from plugins.sparse.activation_patterns import (load_recorded, overlap_statistics, record_patterns, save_recorded,
+                                                synthesize)
 from plugins.sparse.bundle import BundleReader, write_bundle
 from plugins.sparse.cost_model import drop_page_cache, estimate, make_scratch_file, measure_reads, page_residency
 from plugins.sparse.naive_loader import NaiveNeuronLoader
@@ -66,6 +70,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overlap", type=float, default=0.70,
                         help="synthesized: fraction of a token's active neurons active on the previous token")
     parser.add_argument("--patterns", type=Path, default=None, help="recorded patterns (.npz, layer_{i} [T, F_i] bool)")
+    parser.add_argument("--record-from", default=None,
+                        help="a relufied OpenELM run: record its true ReLU patterns on its validation text, "
+                             "and serve its own weights")
+    parser.add_argument("--save-patterns", type=Path, default=None, help="with --record-from: write them (.npz)")
     parser.add_argument("--window", type=int, default=5, help="windowing: keep neurons of the last k tokens")
     parser.add_argument("--cap-fraction", type=float, default=0.5, help="DRAM cap as a fraction of the FFN weights")
     parser.add_argument("--read-threads", type=int, default=1, help="ours: reads in flight at once (threads)")
@@ -80,6 +88,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.sources.split(",")) - set(SOURCES) or set(args.modes.split(",")) - {"warm", "cold"}
     if unknown:
         raise RecipeError(f"unknown source or mode {sorted(unknown)} (sources {', '.join(SOURCES)}; modes warm, cold)")
+    if args.record_from and args.patterns:
+        raise RecipeError("--record-from and --patterns are two sources of patterns: give one")
+    if args.save_patterns and not args.record_from:
+        raise RecipeError("--save-patterns needs --record-from")
     if args.tokens <= args.window:
         raise RecipeError(f"--tokens {args.tokens} must exceed --window {args.window} (the steady state starts after it)")
     return args
@@ -142,18 +154,36 @@ def cost_measurements(scratch: Path, read_sizes: dict[str, int], reads: int, see
     return measured
 
 
+def recorded_run(run: str, tokens: int) -> tuple[OpenELM, list, str]:
+    """The run's model and its true ReLU patterns on the first `tokens` tokens of its validation text."""
+    from plugins.lm.loading import run_sequences
+    from toolkit.checkpoint import load_model
+
+    loaded = load_model(run)
+    if not isinstance(loaded.model, OpenELM):
+        raise RecipeError(f"--record-from {run}: holds a {type(loaded.model).__name__}, not an OpenELM")
+    sequence_length = int(loaded.recipe["data"]["seq_len"])
+    input_ids, _ = run_sequences(loaded.recipe, "val", -(-tokens // sequence_length))  # [N, S]
+    patterns = record_patterns(loaded.model.eval(), input_ids)[:tokens]
+    return loaded.model, patterns, f"recorded from {run} (true ReLU pattern on {len(patterns)} validation tokens)"
+
+
 def main(argv: list[str]) -> int:
     args = parse_arguments(argv)
     load_at_start = os.getloadavg()[0]  # the machine is shared: other jobs slow every figure
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
-    config = PRESETS[args.preset]()
-    torch.manual_seed(args.seed)
-    with torch.device("meta"):
-        model = OpenELM(config)
-    model = model.to_empty(device="cpu")
-    model.init_weights()
-    shapes = [(config.model_dim, widths.ffn_dim) for widths in config.layer_widths()]
+    if args.record_from:
+        model, patterns, pattern_source = recorded_run(args.record_from, args.tokens)
+        config, model_name = model.config, args.record_from
+    else:
+        config, model_name = PRESETS[args.preset](), args.preset
+        torch.manual_seed(args.seed)
+        with torch.device("meta"):
+            model = OpenELM(config)
+        model = model.to_empty(device="cpu")
+        model.init_weights()
+    shapes = [(config.model_dim, layer.ffn.proj_2.weight.shape[1]) for layer in model.layers]
     ffn_dims = [ffn_dim for _, ffn_dim in shapes]
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-flash-ffn-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -162,13 +192,15 @@ def main(argv: list[str]) -> int:
     write_bundle(model, files["split"], layout="split", dtype=dtype)
     ffn_bytes = sum(layer["nbytes"] for layer in header["layers"])
     cap = int(args.cap_fraction * ffn_bytes)
+    if args.save_patterns:
+        save_recorded(args.save_patterns, patterns, ffn_dims)
     if args.patterns:
         patterns, pattern_source = load_recorded(args.patterns, ffn_dims)[:args.tokens], f"recorded ({args.patterns})"
-    else:
+    elif not args.record_from:
         patterns = synthesize(ffn_dims, args.tokens, args.active, args.overlap, args.seed)
         pattern_source = f"synthesized: {args.active:.0%} active, {args.overlap:.0%} overlap with the previous token"
     pattern_stats = overlap_statistics(patterns, ffn_dims, args.window)
-    print(f"load average {load_at_start:.2f}; model {args.preset} ({len(shapes)} layers, D {config.model_dim}, F {ffn_dims}), {args.dtype}; "
+    print(f"load average {load_at_start:.2f}; model {model_name} ({len(shapes)} layers, D {config.model_dim}, F {ffn_dims}), {args.dtype}; "
           f"FFN weights {ffn_bytes / 1e6:.2f} MB; DRAM cap {cap / 1e6:.2f} MB; window {args.window}; "
           f"{len(patterns)} tokens, patterns {pattern_source}; measured {json.dumps(pattern_stats)}")
 

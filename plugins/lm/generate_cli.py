@@ -8,8 +8,10 @@ through transformers), and `--tokenizer` a tokenizer for models that ship none (
 The tokenizer is the run's `tokenizer.model` (copied there at training time), else the recipe's
 `data.tokenizer`. The prompt is given to the model after an end-of-text token, as a document start
 looks in training, and sampling stops at the next end-of-text token. A routed model (Duo) decodes
-with another router when asked: `--router fixed --router-options '{pattern: [big, small, skip]}'`. The text is streamed to
-stdout as tokens are generated (with the model's KV cache when it has one).
+with another router when asked: `--router fixed --router-options '{pattern: [big, small, skip]}'`; any
+toolkit model decodes through a registered decoding path with `--decoder NAME --decoder-options YAML`
+(toolkit.decoding; the sparse plugin's `sparse`), which prints one line of figures to stderr at the
+end. The text is streamed to stdout as tokens are generated (with the model's KV cache when it has one).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from plugins.lm.sampling import generate
 from plugins.lm.tokenizer import Tokenizer
 from toolkit.cli.common import ArgumentParser, run_cli
+from toolkit.decoding import build_decoder, check_decoder_arguments, decoding_report
 from toolkit.errors import DataError
 
 
@@ -44,20 +47,19 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="a routed (Duo) model only: decode with this router instead of the trained one")
     parser.add_argument("--router-options", default="{}",
                         help="that router's options as a YAML mapping, e.g. '{pattern: [big, small, skip]}'")
+    parser.add_argument("--decoder", default=None,
+                        help="decode through a registered decoding path (toolkit-plugins lists decoders), "
+                             "e.g. sparse: only the active FFN neurons of a relufied OpenELM")
+    parser.add_argument("--decoder-options", default="{}",
+                        help="that decoder's options as a YAML mapping, e.g. '{active: predictor, predictors: p.safetensors}'")
     return parser.parse_args(argv)
 
 
 def router_options(text: str) -> dict:
     """--router-options read as YAML the way recipe overrides are (one clear line when it is not a mapping)."""
-    from omegaconf import OmegaConf
+    from toolkit.decoding import mapping_option
 
-    from toolkit.errors import RecipeError
-    from toolkit.recipe import parse_overrides
-
-    options = OmegaConf.to_container(parse_overrides([f"router_options={text}"]))["router_options"]
-    if not isinstance(options, dict):
-        raise RecipeError(f"--router-options: '{text}' is not a mapping; give one like '{{pattern: [big, small]}}'")
-    return options
+    return mapping_option("--router-options", text, "{pattern: [big, small]}")
 
 
 def choose_router(model: torch.nn.Module, arguments: argparse.Namespace) -> None:
@@ -152,6 +154,7 @@ def run(argv: list[str]) -> int:
     from plugins.lm.loading import load_language_model
 
     spec = arguments.model or arguments.path
+    check_decoder_arguments(arguments.decoder, arguments.decoder_options)
     if not spec or (arguments.model and arguments.path):
         raise DataError("give the model either as PATH or as --model SPEC (exactly one)")
     device = arguments.device
@@ -159,10 +162,14 @@ def run(argv: list[str]) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     language_model = load_language_model(spec, device, arguments.tokenizer, arguments.model_name)
     if not isinstance(language_model, LanguageModel):
+        if arguments.decoder is not None:
+            raise DataError(f"--decoder: {spec} is served through transformers; decoders take toolkit models")
         _generate_hugging_face(language_model, arguments)
         return 0
     choose_router(language_model.model, arguments)
     check_vocabulary_sizes(language_model, spec)
+    if arguments.decoder is not None:  # after the vocabulary probe, so the decoder counts generated tokens only
+        language_model.model = build_decoder(arguments.decoder, arguments.decoder_options, language_model.model)
     tokenizer = language_model.tokenizer
     prompt_ids = [tokenizer.eos_id, *tokenizer.encode(arguments.prompt)]
     model_device = language_model.device
@@ -184,6 +191,9 @@ def run(argv: list[str]) -> int:
     if tokenizer.eos_id in new_ids:
         new_ids = new_ids[:new_ids.index(tokenizer.eos_id)]
     stream.finish(new_ids)
+    report = decoding_report(language_model.model)
+    if report:
+        print(report, file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,8 @@ token's active set and the rest uniformly from the neurons that were not active 
 conservative choice: no hot neurons beyond that overlap, so a longer window gains little).
 
 Recorded patterns: an .npz file (loaded without pickle) with one boolean array `layer_{i}`
-[tokens, F_i] per layer.
+[tokens, F_i] per layer. `record_patterns` takes them from a relufied model reading real text
+(the true ReLU pattern: activation != 0, token by token) and `save_recorded` writes that file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from plugins.openelm.model import OpenELM
+from plugins.sparse.stats import record_ffn
 from toolkit.errors import DataError
+from toolkit.files import atomic_writer
 
 
 def synthesize(ffn_dims: list[int], tokens: int, active_fraction: float, overlap: float,
@@ -73,3 +77,25 @@ def overlap_statistics(patterns: list[list[torch.Tensor]], ffn_dims: list[int], 
             windowed.append(len(current & set().union(*before)) / max(len(current), 1))
     mean = lambda values: float(np.mean(values)) if values else 0.0  # noqa: E731
     return {"active_fraction": mean(active), "overlap_previous": mean(previous), f"overlap_window_{window}": mean(windowed)}
+
+
+def record_patterns(model: OpenELM, input_ids: torch.Tensor) -> list[list[torch.Tensor]]:
+    """The true active sets of a relufied `model` on input_ids [N, S]: per token (N * S, row after
+    row), per layer, the sorted ids of the neurons whose activation is not zero."""
+    if model.config.ffn_activation == "silu":
+        raise DataError("recording ReLU patterns needs a relufied model; this one's FFN uses silu (nothing is zero)")
+    _, activations, _ = record_ffn(model, input_ids)
+    masks = [(activation != 0).flatten(0, 1) for activation in activations]  # [T, F_i] per layer
+    return [[torch.nonzero(mask[token]).flatten() for mask in masks] for token in range(masks[0].shape[0])]
+
+
+def save_recorded(path: Path, patterns: list[list[torch.Tensor]], ffn_dims: list[int]) -> None:
+    """Write `patterns` as the .npz `load_recorded` reads (atomically: the whole file or nothing)."""
+    arrays = {}
+    for layer, ffn_dim in enumerate(ffn_dims):
+        mask = np.zeros((len(patterns), ffn_dim), dtype=bool)  # [T, F]
+        for token, layers in enumerate(patterns):
+            mask[token, layers[layer].numpy()] = True
+        arrays[f"layer_{layer}"] = mask
+    with atomic_writer(Path(path), "wb") as handle:
+        np.savez(handle, **arrays)

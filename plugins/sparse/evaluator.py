@@ -8,19 +8,28 @@ tokens, FFN FLOPs per token dense and sparse (stats.py). With `predictor_rank` >
 one low-rank predictor per layer on `predictor_sequences` training sequences and reports, on the
 validation sequences, each layer's precision and recall, the share of neurons predicted active,
 and the validation loss of sparse decoding driven by the predictors (the SparseOpenELM path),
-beside the dense loss: its relative change is the quality cost of predicting.
+beside the dense loss: its relative change is the quality cost of predicting. `save_predictors=PATH`
+writes the fitted predictors (predictor_file.py) for `--decoder sparse` to decode with.
+
+With `toolkit-eval --decoder sparse --decoder-options '{...}'` the statistics are still those of
+the model, and `decoding` reports the validation loss of that decoding path (the one
+`toolkit-generate --decoder sparse` times; token by token when its FFN weights come from a
+bundle) with its figures; a predictor file it decodes with is scored like fitted predictors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from plugins.lm.loading import run_sequences
 from plugins.openelm.model import OpenELM
+from plugins.sparse.decoder import SparseDecoder
 from plugins.sparse.predictor import PredictedPattern, PredictorConfig, precision_recall, train_predictor
+from plugins.sparse.predictor_file import save_predictors
 from plugins.sparse.sparse_ffn import SparseOpenELM
 from plugins.sparse.stats import layer_statistics, record_ffn, summarize, validation_loss
 from toolkit.errors import ToolkitError
@@ -36,6 +45,7 @@ class ReluStatsConfig:
     predictor_threshold: float = 0.3
     predictor_steps: int = 300
     predictor_sequences: int = 16  # training sequences whose activations the predictors fit
+    save_predictors: str = ""  # write the fitted predictors to this file (needs predictor_rank > 0)
 
     def __post_init__(self) -> None:
         if self.sequences < 1 or self.predictor_sequences < 1:
@@ -44,6 +54,8 @@ class ReluStatsConfig:
             raise ValueError(f"windows must be a non-empty list of sizes >= 1, got {self.windows}")
         if self.predictor_rank < 0:
             raise ValueError(f"predictor_rank must be >= 0, got {self.predictor_rank}")
+        if self.save_predictors and self.predictor_rank == 0:
+            raise ValueError("save_predictors needs predictor_rank > 0 (predictors to fit and save)")
         PredictorConfig(max(1, self.predictor_rank), self.predictor_threshold, self.predictor_steps)  # checks
 
 
@@ -68,6 +80,14 @@ def predictor_report(model: OpenELM, predictors: list, inputs: list[torch.Tensor
             "sparse_val_loss_relative_change": (sparse_loss - dense_loss) / dense_loss}
 
 
+def decoding_metrics(decoder: SparseDecoder, input_ids: torch.Tensor, labels: torch.Tensor,
+                     dense_loss: float) -> dict[str, Any]:
+    """The validation loss of the decoder's path beside the dense one, and the path's figures."""
+    loss = validation_loss(decoder(input_ids), labels)
+    return {"path": decoder.description, "scored": "token by token" if decoder.token_by_token else "whole sequences",
+            "val_loss": loss, "val_loss_relative_change": (loss - dense_loss) / dense_loss, **decoder.figures()}
+
+
 class ReluStatsEvaluator:
     def __init__(self, config: ReluStatsConfig | None = None) -> None:
         self.config = config or ReluStatsConfig()
@@ -75,6 +95,9 @@ class ReluStatsEvaluator:
     def load_model(self, spec: str, device: str, **options: str):
         from toolkit.checkpoint import load_model
 
+        target = Path(self.config.save_predictors) if self.config.save_predictors else None
+        if target is not None and (target.is_dir() or not target.parent.is_dir()):
+            raise ToolkitError(f"save_predictors={target}: {'is a directory' if target.is_dir() else 'no such directory'}")
         loaded = load_model(spec, device=device)
         if not isinstance(loaded.model, OpenELM):
             raise ToolkitError(f"{spec}: relu_stats needs an OpenELM model, this is {type(loaded.model).__name__}")
@@ -82,7 +105,9 @@ class ReluStatsEvaluator:
         return loaded
 
     def evaluate(self, loaded, context) -> dict[str, Any]:
-        config, model = self.config, loaded.model
+        config = self.config
+        decoder = loaded.model if isinstance(loaded.model, SparseDecoder) else None  # toolkit-eval --decoder sparse
+        model = decoder.model if decoder is not None else loaded.model
         input_ids, labels = run_sequences(loaded.recipe, "val", context.limit or config.sequences)
         inputs, activations, logits = record_ffn(model, input_ids)
         dense_loss = validation_loss(logits, labels)
@@ -99,6 +124,16 @@ class ReluStatsEvaluator:
             metrics["predictor"] = {"rank": config.predictor_rank, "threshold": config.predictor_threshold,
                                     **predictor_report(model, predictors, inputs, activations, input_ids, labels,
                                                        dense_loss)}
+            if config.save_predictors:
+                save_predictors(predictors, model, getattr(loaded, "identity", ""), Path(config.save_predictors))
+                metrics["predictor"]["saved_to"] = config.save_predictors
+        elif decoder is not None and isinstance(decoder.source, PredictedPattern):
+            predictors = decoder.source.predictors  # the predictor file the decoder reads
+            metrics["predictor"] = {"rank": predictors[0].down.weight.shape[0], "threshold": predictors[0].threshold,
+                                    **predictor_report(model, predictors, inputs, activations, input_ids, labels,
+                                                       dense_loss)}
+        if decoder is not None:
+            metrics["decoding"] = decoding_metrics(decoder, input_ids, labels, dense_loss)
         return metrics
 
 

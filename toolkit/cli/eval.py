@@ -1,6 +1,8 @@
 """`toolkit-eval EVALUATOR --model SPEC [--limit N] [--batch-size N] [--output DIR] [key=value ...]`.
 
 `toolkit-eval EVALUATOR --list-options` prints the evaluator's keys with their defaults.
+`--decoder NAME --decoder-options YAML` scores the model through a registered decoding path
+(toolkit.decoding), the one `toolkit-generate --decoder` times.
 
 Runs any registered evaluator on any model it can load. `key=value` set fields of the evaluator's
 config dataclass (checked like recipe sections). Writes `results.json` and `samples.jsonl` to the
@@ -24,6 +26,7 @@ import yaml
 
 from toolkit.capabilities import identity
 from toolkit.cli.common import ArgumentParser, component_options, run_cli
+from toolkit.decoding import build_decoder, check_decoder_arguments
 from toolkit.errors import RecipeError
 from toolkit.evaluation import RESULTS_FILE, EvaluationError, run_evaluation
 from toolkit.plugins import get_registries
@@ -52,6 +55,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="replace results of another evaluator or model already in the output directory")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--decoder", default=None,
+                        help="score the model through this registered decoding path (toolkit-plugins lists decoders)")
+    parser.add_argument("--decoder-options", default="{}", help="that decoder's options as a YAML mapping")
     arguments = parser.parse_intermixed_args(argv)
     if arguments.model is None and not arguments.list_options:
         parser.error("the following arguments are required: --model")
@@ -100,12 +106,20 @@ def default_output(evaluator: str, model: str, model_name: str | None = None) ->
     return Path("eval") / f"{evaluator}-{resolved.name}{picked}-{digest}"
 
 
+def apply_decoder(handle: Any, evaluator: str, name: str, options_text: str) -> None:
+    """Swap the handle's model for the decoder's wrapper (a handle keeps its network as `.model`)."""
+    if not isinstance(getattr(handle, "model", None), torch.nn.Module):
+        raise EvaluationError(f"evaluator '{evaluator}' scores models that cannot take --decoder")
+    handle.model = build_decoder(name, options_text, handle.model)
+
+
 def main_with_arguments(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     if arguments.limit is not None and arguments.limit < 1:
         raise EvaluationError("--limit must be at least 1")
     if arguments.batch_size < 1:
         raise EvaluationError("--batch-size must be at least 1")
+    check_decoder_arguments(arguments.decoder, arguments.decoder_options)
     component = get_registries()["evaluators"].get(arguments.evaluator)
     if arguments.list_options:
         print("\n".join(component_options(component)))
@@ -134,6 +148,8 @@ def main_with_arguments(argv: list[str]) -> int:
             if key not in accepted:
                 raise EvaluationError(f"evaluator '{component.name}' takes no --{key.replace('_', '-')}")
     model = evaluator.load_model(arguments.model, device, **model_options)
+    if arguments.decoder is not None:
+        apply_decoder(model, component.name, arguments.decoder, arguments.decoder_options)
     output = arguments.output or default_output(component.name, arguments.model, arguments.model_name)
     fingerprint = {
         "evaluator": component.name,
@@ -143,6 +159,8 @@ def main_with_arguments(argv: list[str]) -> int:
         "config": dataclasses.asdict(config) if config is not None else {},
         "limit": arguments.limit,
     }
+    if arguments.decoder is not None:  # another path, other results: never mixed in one sample cache
+        fingerprint["decoder"] = {"name": arguments.decoder, "options": arguments.decoder_options}
     results = run_evaluation(evaluator, model, output, fingerprint, limit=arguments.limit,
                              batch_size=arguments.batch_size, progress=not arguments.no_progress,
                              overwrite=arguments.overwrite)
