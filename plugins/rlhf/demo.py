@@ -1,12 +1,16 @@
 """The SALSA demonstration on CPU: SFT twice, soup, then PPO (SFT reference) against SALSA (soup
 reference) with equal budgets over several seeds, held-out accuracy and reward against KL.
 
-    python -m plugins.rlhf.demo --base runs/openelm-tiny --work runs/salsa-demo [--seeds 0,1,2]
+    toolkit-train openelm/tiny.yaml          # the base: 4.9M parameters, 400 steps on Shakespeare
+    OMP_NUM_THREADS=1 python -m plugins.rlhf.demo --base runs/openelm-tiny --work runs/salsa-demo
 
-The problems come from our own one-step templates (plugins/rlhf/easy_templates: addition,
-subtraction, multiplication of small numbers), so that a model of a few million parameters
-trained for minutes on CPU solves some held-out ones but not all; `--templates DIR` takes any
-folder in the GSM-Symbolic layout (the engine's shipped multi-step ones are beyond such a model).
+The problems come from our own one-step templates (plugins/rlhf/easy_templates: 32 templates of
+addition, subtraction and multiplication of small numbers, 8 held out), so that a model of a few
+million parameters trained for minutes on CPU solves some held-out ones but not all; `--templates
+DIR` takes any folder in the GSM-Symbolic layout (the engine's shipped multi-step ones are beyond
+such a model). The SFT and RL settings are the tiny base's (SFT_OVERRIDES, RL_OVERRIDES); `--sft`
+and `--rl` override them, e.g. a smaller learning rate for an imported SmolLM2-135M base.
+Trainings and evaluations run as processes of their own, `--jobs` of them side by side.
 
 Every stage skips work already done (finished runs, written soups), so an interrupted
 demonstration continues where it stopped. Writes into --work:
@@ -16,6 +20,7 @@ demonstration continues where it stopped. Writes into --work:
                                one line if the soup (alpha 0.5) is worse than the worse endpoint
     ppo-s<seed>, salsa-s<seed> the RL runs (rlhf/ppo.yaml, rlhf/salsa.yaml), their policies
                                (*-policy) and their held-out evaluations (eval-*)
+    *.log                      each training's and evaluation's output
     summary.json, reward_vs_kl.png
 """
 
@@ -24,10 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from plugins.lm.tokenizer_files import run_tokenizer_file
 from plugins.rlhf import gsm_data
@@ -39,6 +47,10 @@ from toolkit.files import atomic_path, atomic_write_text
 
 
 EASY_TEMPLATES = Path(__file__).resolve().with_name("easy_templates")  # shipped as package data
+# The demo's settings for a base of a few million parameters (`openelm/tiny.yaml`, 400 steps),
+# applied before the user's --sft / --rl overrides (a pretrained 135M base wants e.g. optim.lr=2e-5).
+SFT_OVERRIDES = ("optim.lr=2e-3",)
+RL_OVERRIDES = ("task.epochs=2", "task.minibatches=1", "optim.lr=3e-4")
 SMOOTHING = 5  # steps in the moving average of the plotted curves
 FINAL_STEPS = 10  # the last steps averaged for the final reward and KL
 
@@ -61,9 +73,11 @@ def stage(message: str) -> None:
 
 
 def train(recipe: str, out: Path, steps: int, overrides: list[str]) -> Path:
-    """`toolkit-train recipe` to `steps` steps in `out`, resuming what an earlier call left."""
-    from toolkit.cli.train import main_with_arguments
+    """`toolkit-train recipe` to `steps` steps in `out`, resuming what an earlier call left.
 
+    A process of its own (log: `out`.log beside the run), so that `--jobs` runs can go side by side
+    with one thread each; its `error:` line is repeated here when it fails.
+    """
     latest = latest_checkpoint(out)
     if latest is not None and latest.name == f"step-{steps:06d}":
         return out
@@ -72,22 +86,40 @@ def train(recipe: str, out: Path, steps: int, overrides: list[str]) -> Path:
     if latest is not None:
         arguments += ["--resume", "auto"]
     stage(f"training {out.name} ({steps} steps)")
-    if run_cli(main_with_arguments, arguments) != 0:
-        raise ToolkitError(f"training {out} failed (its error is above)")
+    run_logged([sys.executable, "-m", "toolkit.cli.train", *arguments], out.with_name(f"{out.name}.log"),
+               f"training {out}")
     return out
+
+
+def run_logged(command: list[str], log: Path, what: str) -> None:
+    """Run `command` with its output in `log`; a failure is one line quoting the command's `error:` line."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        finished = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if finished.returncode != 0:
+        lines = log.read_text(errors="replace").splitlines()
+        reason = next((line for line in reversed(lines) if line.startswith("error:")), f"exit {finished.returncode}")
+        raise ToolkitError(f"{what} failed ({reason}; the whole output is in {log})")
+
+
+def run_jobs(jobs: int, work: list[Callable[[], Any]]) -> list[Any]:
+    """Each callable's result, in order, with up to `jobs` running at once; the first failure is raised."""
+    if jobs <= 1:
+        return [job() for job in work]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each job waits on its own subprocess
+        futures = [pool.submit(job) for job in work]
+        return [future.result() for future in futures]
 
 
 def evaluate(policy: Path, heldout: Path, out: Path, max_new_tokens: int) -> dict[str, Any]:
     """`toolkit-eval gsm_symbolic` zero-shot on the held-out file (its instance sets); the metrics."""
-    from toolkit.cli.eval import main_with_arguments
-
     results = out / "results.json"
     if not results.is_file():
         stage(f"evaluating {policy.name} on the held-out templates")
         arguments = ["gsm_symbolic", "--model", str(policy), "--output", str(out), "--no-progress",
                      f"data_file={heldout}", "num_shots=0", f"max_new_tokens={max_new_tokens}"]
-        if run_cli(main_with_arguments, arguments) != 0:
-            raise ToolkitError(f"evaluating {policy} failed (its error is above)")
+        run_logged([sys.executable, "-m", "toolkit.cli.eval", *arguments], out.with_name(f"{out.name}.log"),
+                   f"evaluating {policy}")
     return json.loads(results.read_text())["metrics"]
 
 
@@ -135,16 +167,20 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, required=True, help="folder for everything the demo makes")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--templates", type=Path, default=EASY_TEMPLATES, help="GSM-Symbolic template folder")
-    parser.add_argument("--heldout", type=int, default=4, help="templates held out of SFT and RL")
-    parser.add_argument("--instances", type=int, default=300, help="SFT instances per train template")
+    parser.add_argument("--heldout", type=int, default=8, help="templates held out of SFT and RL")
+    parser.add_argument("--instances", type=int, default=150, help="SFT instances per train template")
     parser.add_argument("--heldout-instances", type=int, default=10, help="instances (sets) per held-out template")
-    parser.add_argument("--sft-steps", type=int, default=200)
+    parser.add_argument("--sft-steps", type=int, default=300)
     parser.add_argument("--sft-batch", type=int, default=16, help="rows per SFT step (larger: less data-order "
                         "noise between the two runs, so a flatter path between them)")
-    parser.add_argument("--rl-steps", type=int, default=60)
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="override for the SFT runs")
-    parser.add_argument("--rl", action="append", default=[], metavar="KEY=VALUE", help="override for the RL runs")
+    parser.add_argument("--rl-steps", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override for the SFT runs, after the demo's own ({' '.join(SFT_OVERRIDES)})")
+    parser.add_argument("--rl", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override for the RL runs, after the demo's own ({' '.join(RL_OVERRIDES)})")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings and evaluations run side by side, each a "
+                        "process of its own (set OMP_NUM_THREADS=1 with 2 jobs on 2 cores)")
     return parser.parse_args(argv)
 
 
@@ -161,9 +197,10 @@ def run(argv: list[str]) -> int:
     tokenizer = run_tokenizer_file(base) or base / "tokenizer.model"  # a SmolLM2 import keeps tokenizer.json
     sft_overrides = [f"models.policy.source={base}", f"data.train_file={data / 'train.jsonl'}",
                      f"data.val_file={data / 'val.jsonl'}", f"data.tokenizer={tokenizer}",
-                     f"data.batch_size={arguments.sft_batch}", *arguments.sft]
-    sft = {name: train(f"rlhf/sft_{name}.yaml", work / f"sft-{name}", arguments.sft_steps, sft_overrides)
-           for name in ("a", "b")}
+                     f"data.batch_size={arguments.sft_batch}", *SFT_OVERRIDES, *arguments.sft]
+    sft = dict(zip(("a", "b"), run_jobs(arguments.jobs, [
+        partial(train, f"rlhf/sft_{name}.yaml", work / f"sft-{name}", arguments.sft_steps, sft_overrides)
+        for name in ("a", "b")])))
     seconds["sft"] = time.perf_counter() - started
     soup = work / "soup"
     if not soup.exists():
@@ -180,28 +217,32 @@ def run(argv: list[str]) -> int:
     seconds["soup_and_sweep"] = time.perf_counter() - started - seconds["sft"]
     heldout = data / "heldout.jsonl"
     # The starting points, evaluated before any RL so that a too easy or too hard set shows early.
-    start_results = {name: evaluate(path, heldout, work / f"eval-{name}", arguments.max_new_tokens)
-                     for name, path in (("sft-a", sft["a"]), ("sft-b", sft["b"]), ("soup", soup))}
+    starts = {"sft-a": sft["a"], "sft-b": sft["b"], "soup": soup}
+    start_results = dict(zip(starts, run_jobs(arguments.jobs, [
+        partial(evaluate, path, heldout, work / f"eval-{name}", arguments.max_new_tokens) for name, path in starts.items()])))
     rl_common = [f"models.policy.source={sft['a']}", f"models.sft.source={sft['a']}",
                  f"models.value.init_from={sft['a']}", f"data.tokenizer={tokenizer}",
                  f"task.max_new_tokens={arguments.max_new_tokens}", f"data.train_file={data / 'train.jsonl'}",
-                 f"data.val_file={data / 'val.jsonl'}", *arguments.rl]
+                 f"data.val_file={data / 'val.jsonl'}", *RL_OVERRIDES, *arguments.rl]
     methods = {"ppo": ("rlhf/ppo.yaml", []), "salsa": ("rlhf/salsa.yaml", [f"models.reference.source={soup}"])}
     curves: dict[str, list[list[dict[str, float]]]] = {method: [] for method in methods}
     accuracy: dict[str, list[float]] = {method: [] for method in methods}
     spread: dict[str, list[float]] = {method: [] for method in methods}  # std over instance sets, per run
+
+    def rl_run(method: str, seed: int) -> tuple[list[dict[str, float]], dict[str, Any]]:
+        recipe, extra = methods[method]
+        out = train(recipe, work / f"{method}-s{seed}", arguments.rl_steps, [*rl_common, *extra, f"trainer.seed={seed}"])
+        policy = work / f"{method}-s{seed}-policy"
+        if not policy.exists():
+            make_soup([str(out)], None, policy, name="policy")
+        return rl_curve(out), evaluate(policy, heldout, work / f"eval-{method}-s{seed}", arguments.max_new_tokens)
+
     before_rl = time.perf_counter()
-    for seed in [int(text) for text in arguments.seeds.split(",")]:
-        for method, (recipe, extra) in methods.items():
-            out = train(recipe, work / f"{method}-s{seed}", arguments.rl_steps,
-                        [*rl_common, *extra, f"trainer.seed={seed}"])
-            policy = work / f"{method}-s{seed}-policy"
-            if not policy.exists():
-                make_soup([str(out)], None, policy, name="policy")
-            results = evaluate(policy, heldout, work / f"eval-{method}-s{seed}", arguments.max_new_tokens)
-            curves[method].append(rl_curve(out))
-            accuracy[method].append(results["accuracy_mean"])
-            spread[method].append(results["accuracy_std"])
+    runs = [(method, int(seed)) for seed in arguments.seeds.split(",") for method in methods]
+    for (method, _), (curve, results) in zip(runs, run_jobs(arguments.jobs, [partial(rl_run, *run) for run in runs])):
+        curves[method].append(curve)
+        accuracy[method].append(results["accuracy_mean"])
+        spread[method].append(results["accuracy_std"])
     seconds["rl_and_eval"] = time.perf_counter() - before_rl
     seconds["total"] = time.perf_counter() - started
     summary = {

@@ -6,25 +6,27 @@ from __future__ import annotations
 
 import json
 import operator
+import sys
 
 import pytest
 
 from plugins.rlhf import demo, gsm_data
 from toolkit.cli.common import run_cli
+from toolkit.errors import ToolkitError
 
 OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 
 
 def test_the_easy_templates_give_one_step_problems_with_the_right_answers(tmp_path):
-    assert gsm_data.run(["--out", str(tmp_path), "--templates", str(demo.EASY_TEMPLATES), "--heldout", "4",
+    assert gsm_data.run(["--out", str(tmp_path), "--templates", str(demo.EASY_TEMPLATES), "--heldout", "8",
                          "--instances", "3", "--heldout-instances", "2"]) == 0
     split = json.loads((tmp_path / "split.json").read_text())
-    assert len(split["train_templates"]) == 12 and len(split["heldout_templates"]) == 4
+    assert len(split["train_templates"]) == 24 and len(split["heldout_templates"]) == 8
     rows = {name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
             for name in ("train", "heldout")}
     assert {row["id"] for row in rows["train"]} == set(split["train_templates"])
     assert {row["id"] for row in rows["heldout"]} == set(split["heldout_templates"])
-    assert len(rows["train"]) == 36 and len(rows["heldout"]) == 8
+    assert len(rows["train"]) == 72 and len(rows["heldout"]) == 16
     for row in rows["train"] + rows["heldout"]:
         first, second = row["values"]["a"], row["values"]["b"]
         sign = next(sign for sign in OPERATIONS if f"{first} {sign} {second} = " in row["response"])
@@ -52,3 +54,15 @@ def test_a_soup_no_worse_than_the_worse_endpoint_passes_and_a_worse_one_is_one_l
 
 def test_the_plotted_curves_are_moving_averages():
     assert demo.moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_stages_run_side_by_side_in_order_and_a_failed_one_is_one_line_quoting_its_error(tmp_path):
+    assert demo.run_jobs(2, [lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+    assert demo.run_jobs(1, [lambda: "serial"]) == ["serial"]
+    failing = [sys.executable, "-c", "import sys; print('step 1'); print('error: data.train_file: not found'); sys.exit(2)"]
+    with pytest.raises(ToolkitError) as error:
+        demo.run_jobs(2, [lambda: None, lambda: demo.run_logged(failing, tmp_path / "sft-a.log", "training sft-a")])
+    log = tmp_path / "sft-a.log"
+    assert error.value.message == (f"training sft-a failed (error: data.train_file: not found; the whole output "
+                                   f"is in {log})")
+    assert log.read_text() == "step 1\nerror: data.train_file: not found\n"
