@@ -19,6 +19,10 @@ Tasks (`register_tasks`):
                     saved as `task_state.json` in every checkpoint
 Evaluated models (what an evaluator's `load_model` returns, for `toolkit-eval`):
     Identified      names exactly what was loaded, so that a changed model never reuses cached samples
+    ReportsTruncation  one line on inputs cut to the model's context (a warning in the results)
+    HoldsNetwork    keeps its network as `.model`, which `--decoder` may replace with a wrapper
+Decoders (`register_decoders`, toolkit.decoding):
+    ReportsDecoding one line of what the decoding path did (tokens/s, bytes read), for both CLIs
 """
 
 from __future__ import annotations
@@ -112,6 +116,25 @@ class TaskState(Protocol):
 @runtime_checkable
 class Identified(Protocol):
     identity: str  # e.g. the resolved checkpoint directory; part of the evaluation cache's key
+
+
+@runtime_checkable
+class ReportsTruncation(Protocol):
+    def truncation_report(self) -> str | None:
+        """How many inputs were longer than the context and cut, or None when none were."""
+        ...
+
+
+@runtime_checkable
+class HoldsNetwork(Protocol):
+    model: nn.Module  # the network the handle scores with
+
+
+@runtime_checkable
+class ReportsDecoding(Protocol):
+    def decoding_report(self) -> str | None:
+        """One line of what the decoding path did, or None before it ran."""
+        ...
 
 
 def item_unit(task: object) -> str:

@@ -55,5 +55,6 @@ def build_decoder(name: str, options_text: str, model: nn.Module) -> nn.Module:
 
 def decoding_report(model: Any) -> str | None:
     """The wrapper's one-line account of what it did, if it keeps one."""
-    report = getattr(model, "decoding_report", None)
-    return report() if callable(report) else None
+    from toolkit.capabilities import ReportsDecoding  # imports torch, which this module leaves to callers
+
+    return model.decoding_report() if isinstance(model, ReportsDecoding) else None

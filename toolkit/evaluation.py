@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from toolkit.capabilities import HoldsNetwork, ReportsTruncation
 from toolkit.decoding import decoding_report
 from toolkit.errors import ToolkitError
 from toolkit.progress import progress
@@ -204,12 +205,11 @@ def run_evaluation(evaluator: Evaluator, model: Any, output_dir: Path, fingerpri
     check_output_owner(output_dir, fingerprint, overwrite)
     context = EvalContext(output_dir, fingerprint, limit=limit, batch_size=batch_size, progress=progress)
     metrics = evaluator.evaluate(model, context)
-    report = getattr(model, "truncation_report", None)
-    truncation = report() if callable(report) else None
+    truncation = model.truncation_report() if isinstance(model, ReportsTruncation) else None
     if truncation:
         print(f"warning: {truncation}", file=sys.stderr)
         context.notes.append(truncation)
-    decoded = decoding_report(getattr(model, "model", None))  # a --decoder path says what it did
+    decoded = decoding_report(model.model) if isinstance(model, HoldsNetwork) else None  # what --decoder did
     if decoded:
         print(decoded, file=sys.stderr)
         context.notes.append(decoded)

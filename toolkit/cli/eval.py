@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from toolkit.capabilities import identity
+from toolkit.capabilities import HoldsNetwork, identity
 from toolkit.cli.common import ArgumentParser, component_options, run_cli
 from toolkit.decoding import build_decoder, check_decoder_arguments
 from toolkit.errors import RecipeError
@@ -108,7 +108,7 @@ def default_output(evaluator: str, model: str, model_name: str | None = None) ->
 
 def apply_decoder(handle: Any, evaluator: str, name: str, options_text: str) -> None:
     """Swap the handle's model for the decoder's wrapper (a handle keeps its network as `.model`)."""
-    if not isinstance(getattr(handle, "model", None), torch.nn.Module):
+    if not (isinstance(handle, HoldsNetwork) and isinstance(handle.model, torch.nn.Module)):
         raise EvaluationError(f"evaluator '{evaluator}' scores models that cannot take --decoder")
     handle.model = build_decoder(name, options_text, handle.model)
 
