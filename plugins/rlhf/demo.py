@@ -15,6 +15,7 @@ Trainings and evaluations run as processes of their own, `--jobs` of them side b
 Every stage skips work already done (finished runs, written soups), so an interrupted
 demonstration continues where it stopped. Writes into --work:
     data/                      the GSM-Symbolic SFT data (train / val / held-out templates)
+    sft-shared                 the SFT stage both ingredients start from (--shared-sft-steps)
     sft-a, sft-b, soup         the two SFT runs (rlhf/sft_a.yaml, sft_b.yaml) and their soup
     sweep.json                 validation loss along the path sft-a -> sft-b; the demo stops with
                                one line if the soup (alpha 0.5) is worse than the worse endpoint
@@ -49,7 +50,8 @@ from toolkit.files import atomic_path, atomic_write_text
 EASY_TEMPLATES = Path(__file__).resolve().with_name("easy_templates")  # shipped as package data
 # The demo's settings for a base of a few million parameters (`openelm/tiny.yaml`, 400 steps),
 # applied before the user's --sft / --rl overrides (a pretrained 135M base wants e.g. optim.lr=2e-5).
-SFT_OVERRIDES = ("optim.lr=2e-3",)
+SHARED_SFT_OVERRIDES = ("optim.lr=2e-3", "trainer.seed=0")  # the shared stage: learns the task
+SFT_OVERRIDES = ("optim.lr=5e-4",)  # each ingredient: a fine-tune of the shared stage
 RL_OVERRIDES = ("task.epochs=2", "task.minibatches=1", "optim.lr=3e-4")
 SMOOTHING = 5  # steps in the moving average of the plotted curves
 FINAL_STEPS = 10  # the last steps averaged for the final reward and KL
@@ -170,13 +172,17 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--heldout", type=int, default=8, help="templates held out of SFT and RL")
     parser.add_argument("--instances", type=int, default=150, help="SFT instances per train template")
     parser.add_argument("--heldout-instances", type=int, default=10, help="instances (sets) per held-out template")
-    parser.add_argument("--sft-steps", type=int, default=300)
+    parser.add_argument("--shared-sft-steps", type=int, default=200, help="steps of one SFT stage both "
+                        "ingredients start from (0: both start from the base); see docs/RLHF.md for why")
+    parser.add_argument("--sft-steps", type=int, default=100, help="steps of each ingredient (sft-a, sft-b)")
     parser.add_argument("--sft-batch", type=int, default=16, help="rows per SFT step (larger: less data-order "
                         "noise between the two runs, so a flatter path between them)")
     parser.add_argument("--rl-steps", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override for the SFT runs, after the demo's own ({' '.join(SFT_OVERRIDES)})")
+    parser.add_argument("--shared-sft", action="append", default=[], metavar="KEY=VALUE", help="override for the "
+                        f"shared SFT stage, after the demo's own ({' '.join(SHARED_SFT_OVERRIDES)})")
     parser.add_argument("--rl", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override for the RL runs, after the demo's own ({' '.join(RL_OVERRIDES)})")
     parser.add_argument("--jobs", type=int, default=2, help="trainings and evaluations run side by side, each a "
@@ -195,9 +201,16 @@ def run(argv: list[str]) -> int:
         gsm_data.run(["--out", str(data), "--templates", str(arguments.templates), "--heldout", str(arguments.heldout),
                       "--instances", str(arguments.instances), "--heldout-instances", str(arguments.heldout_instances)])
     tokenizer = run_tokenizer_file(base) or base / "tokenizer.model"  # a SmolLM2 import keeps tokenizer.json
-    sft_overrides = [f"models.policy.source={base}", f"data.train_file={data / 'train.jsonl'}",
-                     f"data.val_file={data / 'val.jsonl'}", f"data.tokenizer={tokenizer}",
-                     f"data.batch_size={arguments.sft_batch}", *SFT_OVERRIDES, *arguments.sft]
+    sft_data = [f"data.train_file={data / 'train.jsonl'}", f"data.val_file={data / 'val.jsonl'}",
+                f"data.tokenizer={tokenizer}", f"data.batch_size={arguments.sft_batch}"]
+    start = base
+    if arguments.shared_sft_steps > 0:
+        # Two SFT runs straight from a base that has never seen the task land in different basins
+        # (a loss barrier between them, and the soup check stops the demo); spawned from one shared
+        # stage, as SALSA's ingredients are fine-tunes of one pretrained model, they stay connected.
+        start = train("rlhf/sft_a.yaml", work / "sft-shared", arguments.shared_sft_steps,
+                      [f"models.policy.source={base}", *sft_data, *SHARED_SFT_OVERRIDES, *arguments.shared_sft])
+    sft_overrides = [f"models.policy.source={start}", *sft_data, *SFT_OVERRIDES, *arguments.sft]
     sft = dict(zip(("a", "b"), run_jobs(arguments.jobs, [
         partial(train, f"rlhf/sft_{name}.yaml", work / f"sft-{name}", arguments.sft_steps, sft_overrides)
         for name in ("a", "b")])))
