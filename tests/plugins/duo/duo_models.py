@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from helpers import train_in_process
 from plugins.duo.model import DuoConfig, DuoOpenELM
 from plugins.duo.routers import FixedRouter
 
@@ -37,17 +38,4 @@ def tiny_overrides(model_section: str = "model") -> list[str]:
 
 def train_tiny_run(out_dir, *overrides: str, recipe_name: str = "duo/tiny.yaml", model_section: str = "model"):
     """duo/tiny.yaml (or `recipe_name`) shrunk to seconds, trained in this process into `out_dir`."""
-    from toolkit.assembly import build_trainer
-    from toolkit.plugins import get_registries
-    from toolkit.recipe import load_recipe
-
-    threads = torch.get_num_threads()  # the recipe pins 1 thread; give the test process its own back
-    recipe = load_recipe(recipe_name, [*tiny_overrides(model_section), *overrides, f"trainer.out_dir={out_dir}"],
-                         get_registries())
-    trainer = build_trainer(recipe)
-    try:
-        trainer.fit()
-    finally:
-        trainer.close()
-        torch.set_num_threads(threads)
-    return out_dir
+    return train_in_process(recipe_name, [*tiny_overrides(model_section), *overrides], out_dir)
