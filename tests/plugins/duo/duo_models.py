@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from helpers import train_in_process
 from plugins.duo.model import DuoConfig, DuoOpenELM
 from plugins.duo.routers import FixedRouter
 
@@ -38,4 +37,8 @@ def tiny_overrides(model_section: str = "model") -> list[str]:
 
 def train_tiny_run(out_dir, *overrides: str, recipe_name: str = "duo/tiny.yaml", model_section: str = "model"):
     """duo/tiny.yaml (or `recipe_name`) shrunk to seconds, trained in this process into `out_dir`."""
+    # Imported here: test_duo_distributed.py runs this module under torchrun, where tests/ (and so
+    # helpers.py) is not on the path and nothing is trained in-process.
+    from helpers import train_in_process
+
     return train_in_process(recipe_name, [*tiny_overrides(model_section), *overrides], out_dir)
