@@ -33,8 +33,14 @@ def sparse_files(relu_run, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sparse-files")
     assert run_cli(write_bundle.run, [str(relu_run), str(folder / "ffn.bundle")]) == 0
-    model = load_language_model(str(relu_run), "cpu").model
-    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    language_model = load_language_model(str(relu_run), "cpu")
+    model = language_model.model
+    # Text in the style the run trained on, so the predictors fit the activations real input gives.
+    text = ("Good morrow, friend. What news from the court? The king is gone to hunt, and all his lords "
+            "ride with him through the forest, while the queen keeps her chamber and will see no one. "
+            "Then let us walk a while beside the river, and speak of other things until the evening.")
+    tokens = language_model.tokenizer.encode(text)
+    ids = torch.tensor((tokens * (64 // len(tokens) + 1))[:64]).view(4, 16)  # [4, 16]
     predictors = fit_predictors(model, ids, PredictorConfig(rank=4, steps=20))
     save_predictors(predictors, model, str(relu_run), folder / "predictors.safetensors")
     ffn_bytes = sum(layer.ffn.proj_1.weight.numel() + layer.ffn.proj_2.weight.numel() for layer in model.layers) * 4
