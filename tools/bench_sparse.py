@@ -6,12 +6,17 @@ Prints one JSON object (and writes it with --out):
 - copy bandwidth: the best of a few copies of a large float32 tensor (bytes read per second);
 - per decoding mode, tokens/s (median of --rounds rounds of --new-tokens greedy single-token steps
   after a --prompt-tokens prefill) and weight bytes read per token: `dense` (every weight), `sparse`
-  (low-rank predictors choose the neurons; DramRowProvider gathers their rows) and `oracle` (the
-  true pattern, which itself reads the whole gate projection: a ceiling on sparsity, not a mode);
+  (low-rank predictors choose the neurons; DramRowProvider gathers their rows), `sparse_fused` (the
+  same neurons through the fused numba kernel, fused_ffn.py, where numba is installed) and
+  `oracle` (the true pattern, which itself reads the whole gate projection: a ceiling on sparsity,
+  not a mode);
+- the predictors are fitted here, or read from a file `relu_stats save_predictors=` wrote
+  (--predictors: large models, whose fit is minutes);
 - how close dense decoding is to the bandwidth bound: bytes per token / copy bandwidth;
 - quality: validation loss of the dense model and of predictor-driven sparse decoding;
-- an FFN micro-benchmark at a width whose weights do not fit in cache (--micro-width), dense vs
-  gathered rows at a few active fractions: what sparsity buys once weights stream from DRAM.
+- an FFN micro-benchmark at a width whose weights do not fit in cache (--micro-width, 0 skips it),
+  dense vs gathered rows (and the fused kernel) at a few active fractions: what sparsity buys once
+  weights stream from DRAM.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import torch
 from plugins.lm.loading import run_sequences
 from plugins.openelm.kernels import gated_activation
 from plugins.sparse.evaluator import fit_predictors
+from plugins.sparse.fused_ffn import FusedPredictedPattern, FusedSparseFFN, available as fused_available
 from plugins.sparse.predictor import PredictedPattern, PredictorConfig, precision_recall
+from plugins.sparse.predictor_file import load_predictors
 from plugins.sparse.provider import DramRowProvider
 from plugins.sparse.sparse_ffn import SparseOpenELM, TruePattern
 from plugins.sparse.stats import record_ffn, validation_loss
@@ -99,6 +106,10 @@ def ffn_micro(width: int, ffn_dim: int, fractions: list[float], repeats: int) ->
             return gated_activation(torch.nn.functional.linear(hidden, gate_up), "relu") @ down_rows
 
         rows.append({"active_fraction": fraction, "seconds": timed(sparse), "mode": "gathered"})
+        if fused_available():
+            kernel = FusedSparseFFN([(fused, down)], shift=0.0)
+            rows.append({"active_fraction": fraction, "mode": "fused",
+                         "seconds": timed(lambda ids=ids: kernel(0, hidden, ids))})
     dense_seconds = rows[0]["seconds"]
     for row in rows:
         row["speedup_vs_dense"] = dense_seconds / row["seconds"]
@@ -119,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-sequences", type=int, default=8)
     parser.add_argument("--copy-mb", type=int, default=256)
     parser.add_argument("--micro-width", type=int, default=2048, help="model width of the FFN micro-benchmark")
+    parser.add_argument("--predictors", help="read the predictors from this file instead of fitting them")
     parser.add_argument("--out", help="also write the JSON here")
     arguments = parser.parse_args(argv)
     torch.set_num_threads(arguments.threads)
@@ -126,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     model = loaded.model.float().eval()
     train_ids, _ = run_sequences(loaded.recipe, "train", arguments.train_sequences)
     val_ids, val_labels = run_sequences(loaded.recipe, "val", arguments.val_sequences)
-    config = PredictorConfig(arguments.predictor_rank, arguments.threshold, arguments.predictor_steps)
-    predictors = fit_predictors(model, train_ids, config)
+    if arguments.predictors:
+        predictors = load_predictors(Path(arguments.predictors), model, arguments.threshold)
+        arguments.predictor_rank = predictors[0].down.weight.shape[0]
+    else:
+        config = PredictorConfig(arguments.predictor_rank, arguments.threshold, arguments.predictor_steps)
+        predictors = fit_predictors(model, train_ids, config)
     inputs, activations, logits = record_ffn(model, val_ids)
     scores = [precision_recall(p.predict(h), a != 0) for p, h, a in zip(predictors, inputs, activations)]
     sparse_model = SparseOpenELM(model, PredictedPattern(predictors), DramRowProvider.from_layers(model.layers))
@@ -135,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     sparse_loss = validation_loss(sparse_model(val_ids), val_labels)
 
     prompt = val_ids[:1, : arguments.prompt_tokens]
-    modes = {"dense": model, "sparse": sparse_model, "oracle": SparseOpenELM(model, TruePattern(model))}
+    modes = {"dense": model, "sparse": sparse_model}
+    if fused_available():
+        modes["sparse_fused"] = SparseOpenELM(model, FusedPredictedPattern(predictors), sparse_model.sparse_ffn.provider,
+                                              FusedSparseFFN.from_model(model))
+    modes["oracle"] = SparseOpenELM(model, TruePattern(model))
     sizes = weight_bytes(model)
     predictor_bytes = sum(p.numel() * 4 for predictor in predictors for p in predictor.parameters())
     bytes_per_neuron = 3 * model.config.model_dim * 4
@@ -154,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             decode_seconds_per_token(decoder, prompt, arguments.new_tokens,
                                      after_prefill=lambda ffn=ffn: setattr(ffn, "neurons_read", 0))
             per_token = ffn.neurons_read / arguments.new_tokens
-            read = sizes["other"] + per_token * bytes_per_neuron + (predictor_bytes if name == "sparse" else 0)
+            read = sizes["other"] + per_token * bytes_per_neuron + (predictor_bytes if name != "oracle" else 0)
             if name == "oracle":
                 read += sizes["ffn"] // 3  # the whole gate projection, to find the pattern
         result["modes"][name] = {"tokens_per_s": 1 / seconds, "ms_per_token": 1000 * seconds,
@@ -163,14 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     bound_seconds = dense["weight_bytes_per_token"] / (result["copy_bandwidth_gb_s"] * 1e9)
     result["dense_bandwidth_bound_tokens_per_s"] = 1 / bound_seconds
     result["dense_share_of_bandwidth_bound"] = bound_seconds / (dense["ms_per_token"] / 1000)
-    result["sparse_speedup_vs_dense"] = result["modes"]["sparse"]["tokens_per_s"] / dense["tokens_per_s"]
+    for name in modes:
+        if name != "dense":
+            result[f"{name}_speedup_vs_dense"] = result["modes"][name]["tokens_per_s"] / dense["tokens_per_s"]
+    # Amdahl: the most that skipping FFN neurons can give when everything else is still read
+    sparse_read = result["modes"].get("sparse_fused", result["modes"]["sparse"])["weight_bytes_per_token"]
+    result["bytes_ratio_dense_over_sparse"] = dense["weight_bytes_per_token"] / sparse_read
+    result["ffn_share_of_dense_bytes"] = sizes["ffn"] / (sizes["ffn"] + sizes["other"])
     result["quality"] = {"dense_val_loss": dense_loss, "sparse_val_loss": sparse_loss,
                          "relative_change": (sparse_loss - dense_loss) / dense_loss}
     result["predictor"] = {"rank": arguments.predictor_rank, "threshold": arguments.threshold,
                            "layers": [{"precision": round(p, 4), "recall": round(r, 4)} for p, r in scores]}
     width = arguments.micro_width
-    result["ffn_micro"] = {"width": width, "ffn_dim": 4 * width,
-                           "rows": ffn_micro(width, 4 * width, [0.05, 0.1, 0.25, 0.5], repeats=20)}
+    if width:
+        result["ffn_micro"] = {"width": width, "ffn_dim": 4 * width,
+                               "rows": ffn_micro(width, 4 * width, [0.05, 0.1, 0.25, 0.5], repeats=20)}
     text = json.dumps(result, indent=2)
     print(text)
     if arguments.out:

@@ -14,6 +14,8 @@ Registers
 and provides the sparse decoding pieces: `SparseOpenELM` / `SparseFFN` (sparse_ffn.py), the
 active-set sources (true pattern, all-active, `PredictedPattern`), and the `RowProvider`
 interface for where a neuron's weights come from (provider.py; `DramRowProvider` in memory).
+One token in DRAM runs the fused kernel of fused_ffn.py where numba is installed
+(`FusedSparseFFN`, and `FusedPredictedPattern` for the predictors' ids).
 The model option itself (`ffn_activation`, `activation_shift`, `relu_after_norm`) is OpenELM's.
 
 FFN weights served from disk (row-column bundles, a DRAM neuron cache, a cost model) are the

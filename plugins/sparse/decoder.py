@@ -9,7 +9,10 @@ Options (SparseDecodingConfig): which neurons each token computes (`active`: rel
 pattern read off the gate, predictor = a predictor file's guess, all = the dense FFN), and where
 their weights come from: the model in DRAM, or with `bundle` a row-column-bundled file
 (bundle.py; write one with `python -m plugins.sparse.write_bundle RUN PATH`) through a DRAM
-neuron cache capped at `dram_cap` bytes keeping the last `window` tokens' neurons.
+neuron cache capped at `dram_cap` bytes keeping the last `window` tokens' neurons. In DRAM,
+`kernel` picks how one token's active neurons are computed: `fused` (fused_ffn.py: in place from
+a neuron-major copy of the FFN, compiled by numba), `torch` (gather the rows, then two matmuls),
+or `auto` (fused where numba is installed and the model is a float32 relu model on the CPU).
 
 The wrapper keeps OpenELM's interface (`forward`, `make_cache`, `forward_step`). Steps of one
 token are timed and counted (FFN neurons gathered, the cache's reads and hits); `decoding_report()`
@@ -35,6 +38,7 @@ from torch import nn
 from plugins.openelm.model import OpenELM
 from plugins.sparse.bundle import BundleError, BundleReader, layer_bytes, layer_parts
 from plugins.sparse.cost_model import estimate, measure_reads
+from plugins.sparse.fused_ffn import FusedPredictedPattern, FusedSparseFFN, available as fused_available
 from plugins.sparse.neuron_cache import NeuronCache
 from plugins.sparse.predictor import PredictedPattern
 from plugins.sparse.predictor_file import load_predictors
@@ -42,6 +46,7 @@ from plugins.sparse.sparse_ffn import AllActive, SparseFFN, TruePattern
 from toolkit.errors import RecipeError
 
 ACTIVE_SETS = ("relu", "predictor", "all")
+KERNELS = ("auto", "fused", "torch")
 WHERE = "--decoder-options"
 COST_MODEL_READS = 200  # positioned reads timed for the cost model's figure (a few milliseconds)
 
@@ -58,10 +63,16 @@ class SparseDecodingConfig:
     window: int = 5  # windowing: neurons used by the last k tokens stay cached
     read_threads: int = 1  # reads in flight at once
     token_by_token: bool = False  # score sequences one token at a time (always so with a bundle)
+    kernel: str = "auto"  # one token in DRAM: fused (numba), torch (gather + matmuls), auto (fused if it can)
 
     def __post_init__(self) -> None:
         if self.active not in ACTIVE_SETS:
             raise ValueError(f"active must be one of {', '.join(ACTIVE_SETS)}, got {self.active!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.kernel == "fused" and (self.bundle or self.active == "all"):
+            raise ValueError("kernel: fused computes active neurons from DRAM; it goes with active: relu or "
+                             "predictor and no bundle")
         if self.active == "predictor" and not self.predictors:
             raise ValueError("active: predictor needs predictors: PATH (a file relu_stats save_predictors= wrote)")
         if self.predictors and self.active != "predictor":
@@ -83,13 +94,13 @@ class SparseDecoder(nn.Module):
     """An OpenELM decoded with a SparseFFN, counting what each one-token step costs."""
 
     def __init__(self, model: OpenELM, source, cache: NeuronCache | None, description: str,
-                 token_by_token: bool) -> None:
+                 token_by_token: bool, fused: FusedSparseFFN | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = model.config
         self.source = source
         self.neuron_cache = cache
-        self.sparse_ffn = SparseFFN(model, source, cache)
+        self.sparse_ffn = SparseFFN(model, source, cache, fused)
         self.description = description
         self.token_by_token = token_by_token or cache is not None
         weight = model.layers[0].ffn.proj_2.weight
@@ -223,9 +234,10 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
     if config.active == "relu" and model.config.ffn_activation == "silu":
         raise RecipeError(f"{WHERE}: active: relu needs a relufied model, and this one's FFN uses silu, which is "
                           "never exactly zero", hint="fine-tune it with sparse/relufy_tiny.yaml, or use active: all")
+    fused = fused_kernel(config, model)
     if config.active == "predictor":
         predictors = load_predictors(Path(config.predictors), model, config.threshold or None)
-        source = PredictedPattern(predictors)
+        source = FusedPredictedPattern(predictors) if fused else PredictedPattern(predictors)
         described = f"active=predictor {config.predictors} (rank {predictors[0].down.weight.shape[0]}, " \
                     f"threshold {predictors[0].threshold:g})"
     else:
@@ -235,6 +247,23 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
     cache = open_neuron_cache(config, model) if config.bundle else None
     if cache is not None:
         described += f", FFN weights from {config.bundle} under a {config.dram_cap}-byte DRAM cap, window {config.window}"
+    elif config.active != "all":
+        described += ", FFN weights in DRAM, one-token steps by the " + ("fused gather (numba)" if fused else "torch gather")
     else:
         described += ", FFN weights in DRAM"
-    return SparseDecoder(model, source, cache, described, config.token_by_token)
+    return SparseDecoder(model, source, cache, described, config.token_by_token, fused)
+
+
+def fused_kernel(config: SparseDecodingConfig, model: OpenELM) -> FusedSparseFFN | None:
+    """The fused kernel when `kernel` asks for it (an error if it cannot run) or allows it (auto)."""
+    if config.kernel == "torch" or config.bundle or config.active == "all":
+        return None
+    weight = model.layers[0].ffn.proj_1.weight
+    if FusedSparseFFN.supports(weight, model.config.ffn_activation):
+        return FusedSparseFFN.from_model(model)
+    if config.kernel == "fused":
+        why = ("numba is not installed (pip install 'toolkit[sparse]')" if not fused_available() else
+               f"it runs float32 relu FFNs on the CPU, and this model's are {str(weight.dtype).removeprefix('torch.')} "
+               f"{model.config.ffn_activation} on {weight.device.type}")
+        raise RecipeError(f"{WHERE}: kernel: fused cannot run: {why}", hint="use kernel: torch or auto")
+    return None

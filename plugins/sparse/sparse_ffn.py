@@ -13,18 +13,21 @@ nothing, so with the active set A known the FFN is act(h W_g[A]^T) * (h W_u[A]^T
 With several tokens at once (prefill, a batch) the neurons any token uses are gathered once and
 each token's own mask zeroes the rest, so each token still sees exactly its own active set.
 When every neuron is active the model's own dense FFN runs instead of a full gather: identical
-results (the test's "all predicted active equals dense exactly") and no copy.
+results (the test's "all predicted active equals dense exactly") and no copy. With a
+`FusedSparseFFN` (fused_ffn.py, numba), a single token's active neurons are computed in place
+from a neuron-major bundle instead of gathered and multiplied.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from plugins.openelm.kernels import gated_activation
 from plugins.openelm.model import OpenELM
+from plugins.sparse.fused_ffn import FusedSparseFFN
 from plugins.sparse.provider import DramRowProvider, RowProvider
 
 
@@ -32,6 +35,14 @@ class ActiveSetSource(Protocol):
     """Which FFN neurons each token uses: mask [B, S, F] (True = compute it), None = every one."""
 
     def active(self, layer: int, hidden: torch.Tensor) -> torch.Tensor | None:
+        ...
+
+
+@runtime_checkable
+class ListsActiveIds(Protocol):
+    """A source that can also name one token's active neurons directly: hidden [1, 1, D] -> int64 [n]."""
+
+    def active_ids(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         ...
 
 
@@ -60,19 +71,24 @@ class SparseFFN:
     """The FFN step of sparse decoding (an OpenELM FFNStep): active rows only.
 
     Counts the neurons whose rows it gathered (`neurons_read`) and the FFN calls, so a benchmark
-    can report bytes read per token.
+    can report bytes read per token. With `fused`, one-token steps run the fused kernel on its
+    bundles (the provider then serves only steps of several tokens: prefills, batches).
     """
 
-    def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None) -> None:
+    def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None,
+                 fused: FusedSparseFFN | None = None) -> None:
         self.model = model
         self.source = source
         self.provider = provider if provider is not None else DramRowProvider.from_layers(model.layers)
+        self.fused = fused
         self.neurons_read = 0
         self.dense_calls = 0
 
     def __call__(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D] (the normed FFN input) -> the FFN output [B, S, D]."""
         ffn = self.model.layers[layer].ffn
+        if self.fused is not None and hidden.shape[0] * hidden.shape[1] == 1:
+            return self._one_token(layer, hidden)
         mask = self.source.active(layer, hidden)  # [B, S, F] or None
         if mask is None or bool(mask.all()):
             self.dense_calls += 1
@@ -81,11 +97,27 @@ class SparseFFN:
         neuron_ids = used.nonzero().squeeze(1)  # [n]
         self.neurons_read += neuron_ids.numel()
         gate_up_rows, down_rows = self.provider.rows(layer, neuron_ids)  # [2n, D], [n, D]
-        fused = torch.nn.functional.linear(hidden, gate_up_rows)  # [B, S, 2n] = [gate | up]
-        activations = gated_activation(fused, ffn.activation, ffn.shift, inference=True)  # [B, S, n]
+        projected = torch.nn.functional.linear(hidden, gate_up_rows)  # [B, S, 2n] = [gate | up]
+        activations = gated_activation(projected, ffn.activation, ffn.shift, inference=True)  # [B, S, n]
         if hidden.shape[0] * hidden.shape[1] > 1:  # each token keeps only its own neurons
             activations = activations * mask.index_select(-1, neuron_ids)
         return activations @ down_rows  # [B, S, D]
+
+    def _one_token(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [1, 1, D] through the fused kernel: the fewest torch calls per layer (they cost at batch 1)."""
+        if isinstance(self.source, ListsActiveIds):
+            neuron_ids = self.source.active_ids(layer, hidden)  # [n]
+        else:
+            mask = self.source.active(layer, hidden)  # [1, 1, F] or None
+            if mask is None:
+                self.dense_calls += 1
+                return self.model.layers[layer].ffn.step(hidden)
+            neuron_ids = mask.view(-1).nonzero().view(-1)  # [n]
+        if neuron_ids.numel() == self.provider.ffn_dim(layer):
+            self.dense_calls += 1  # every neuron: the dense FFN, exactly
+            return self.model.layers[layer].ffn.step(hidden)
+        self.neurons_read += neuron_ids.numel()
+        return self.fused(layer, hidden, neuron_ids)  # [1, 1, D]
 
 
 class SparseOpenELM(nn.Module):
@@ -96,11 +128,12 @@ class SparseOpenELM(nn.Module):
     OpenELM's cached-decoding interface (plugins.lm.sampling) take this model unchanged.
     """
 
-    def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None) -> None:
+    def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None,
+                 fused: FusedSparseFFN | None = None) -> None:
         super().__init__()
         self.model = model
         self.config = model.config
-        self.sparse_ffn = SparseFFN(model, source, provider)
+        self.sparse_ffn = SparseFFN(model, source, provider, fused)
 
     def make_cache(self, batch_size: int, max_length: int, device=None, dtype: torch.dtype | None = None):
         return self.model.make_cache(batch_size, max_length, device, dtype)

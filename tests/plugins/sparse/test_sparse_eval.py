@@ -44,7 +44,7 @@ def test_perplexity_is_scored_on_the_decoding_path(relu_run, sparse_files, tmp_p
         assert result["metrics"]["tokens"] == dense["metrics"]["tokens"] == 32  # 2 windows of 16
         assert result["metrics"]["nll_per_token"] == pytest.approx(dense["metrics"]["nll_per_token"], rel=1e-5)
     assert in_dram["notes"] == ["sparse decoding (active=relu (oracle: reads every gate row), FFN weights in "
-                                "DRAM); 32 tokens run as whole sequences (a prefill, or scoring), each token with its own "
+                                "DRAM, one-token steps by the fused gather (numba)); 32 tokens run as whole sequences (a prefill, or scoring), each token with its own "
                                 "active set"]
     note = on_disk["notes"][0]
     # two windows of 16 inputs, one row at a time (--batch-size 1), one position at a time: 32 steps

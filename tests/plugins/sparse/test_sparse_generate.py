@@ -40,10 +40,13 @@ def test_relu_path_in_dram_and_from_disk_gives_the_dense_greedy_text(relu_run, s
     assert relu == dense and len(dense) > len("ROMEO:\n")
     line = relu_err.strip().splitlines()[-1]
     # 3 prompt tokens (end-of-text, then the prompt's two) go as one prefill; then 7 one-token steps
-    assert line.startswith("sparse decoding (active=relu (oracle: reads every gate row), FFN weights in DRAM); "
-                           "7 one-token steps in ")
+    assert line.startswith("sparse decoding (active=relu (oracle: reads every gate row), FFN weights in DRAM, "
+                           "one-token steps by the fused gather (numba)); 7 one-token steps in ")
     assert "tokens/s; FFN weights used per token " in line and "cache hit rate" not in line
     assert line.endswith("; 3 tokens run as whole sequences (a prefill, or scoring), each token with its own active set")
+    gathered, gathered_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
+                                      "{active: relu, kernel: torch}")
+    assert gathered == dense and "FFN weights in DRAM, one-token steps by the torch gather); 7 one-token steps" in gathered_err
     disk, disk_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
                               f"{{active: relu, bundle: {bundle}, dram_cap: {cap}, window: 3}}")
     assert disk == dense
@@ -62,6 +65,11 @@ def test_predictor_path_decodes_with_a_predictor_file(relu_run, sparse_files, ca
     assert text.startswith("ROMEO:")
     assert f"sparse decoding (active=predictor {predictors} (rank 4, threshold 0.3), FFN weights from" in err
     assert "warning" not in err  # fitted to this very run
+    fused, fused_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
+                                f"{{active: predictor, predictors: {predictors}}}")
+    gathered, _ = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
+                           f"{{active: predictor, predictors: {predictors}, kernel: torch}}")
+    assert fused == gathered and "one-token steps by the fused gather (numba)); 7 one-token steps" in fused_err
 
 
 def test_a_predictor_file_for_another_model_shape_is_one_line(relu_run, tmp_path, capsys):
@@ -100,6 +108,8 @@ def silu_copy(run, tmp_path):
     ("{active: relu, bundle: MISSING, dram_cap: 1000}", ["cannot open FFN bundle"]),
     ("{active: relu, bundle: BUNDLE, dram_cap: 10}", ["a cap of 10 bytes holds no neuron"]),
     ("[relu]", ["--decoder-options: '[relu]' is not a mapping"]),
+    ("{kernel: fast}", ["kernel must be one of auto, fused, torch, got 'fast'"]),
+    ("{active: relu, kernel: fused, bundle: BUNDLE, dram_cap: 1000}", ["kernel: fused computes active neurons from DRAM"]),
 ])
 def test_bad_sparse_options_are_one_line(relu_run, sparse_files, tmp_path, capsys, options, fragments):
     options = options.replace("MISSING", str(tmp_path / "none.bundle")).replace("BUNDLE", str(sparse_files[0]))
