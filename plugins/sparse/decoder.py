@@ -64,6 +64,7 @@ class SparseDecodingConfig:
     read_threads: int = 1  # reads in flight at once
     token_by_token: bool = False  # score sequences one token at a time (always so with a bundle)
     kernel: str = "auto"  # one token in DRAM: fused (numba), torch (gather + matmuls), auto (fused if it can)
+    keep_model_ffn: bool = False  # with a bundle: keep the model's own FFN weights in DRAM too (relu_stats needs them)
 
     def __post_init__(self) -> None:
         if self.active not in ACTIVE_SETS:
@@ -86,6 +87,9 @@ class SparseDecodingConfig:
             raise ValueError(f"bundle: PATH needs dram_cap: BYTES >= 1 (the DRAM cache's cap), got {self.dram_cap}")
         if self.dram_cap and not self.bundle:
             raise ValueError("dram_cap caps the cache of FFN weights read from a file: give bundle: PATH too")
+        if self.keep_model_ffn and not self.bundle:
+            raise ValueError("keep_model_ffn goes with bundle: PATH (without one the model's FFN weights are what "
+                             "decoding reads)")
         if self.window < 1 or self.read_threads < 1:
             raise ValueError(f"window and read_threads must be >= 1, got {self.window} and {self.read_threads}")
 
@@ -247,11 +251,45 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
     cache = open_neuron_cache(config, model) if config.bundle else None
     if cache is not None:
         described += f", FFN weights from {config.bundle} under a {config.dram_cap}-byte DRAM cap, window {config.window}"
+        if not config.keep_model_ffn:
+            freed = release_ffn_weights(model, keep_gate=config.active == "relu")
+            described += f", the model's own FFN weights released ({freed / 1e6:.3f} MB)"
     elif config.active != "all":
         described += ", FFN weights in DRAM, one-token steps by the " + ("fused gather (numba)" if fused else "torch gather")
     else:
         described += ", FFN weights in DRAM"
-    return SparseDecoder(model, source, cache, described, config.token_by_token, fused)
+    decoder = SparseDecoder(model, source, cache, described, config.token_by_token, fused)
+    decoder.sparse_ffn.dense_ffn = cache is None or config.keep_model_ffn
+    return decoder
+
+
+def release_ffn_weights(model: OpenELM, keep_gate: bool) -> int:
+    """Drops the model's FFN weights once a bundle serves them, so the DRAM cap bounds what FFNs hold.
+
+    The weights become meta tensors of the same shapes, and calling either projection raises (a
+    matmul of a CPU tensor with a meta weight returns uninitialised memory rather than failing);
+    `keep_gate` keeps the gate rows, which the relu oracle reads to find its pattern.
+    Returns the bytes freed.
+    """
+    freed = 0
+    for layer in model.layers:
+        ffn = layer.ffn
+        ffn_dim = ffn.proj_2.weight.shape[1]
+        fused, down = ffn.proj_1.weight, ffn.proj_2.weight
+        kept = fused.detach()[:ffn_dim].clone() if keep_gate else torch.empty(fused.shape, dtype=fused.dtype,
+                                                                                device="meta")
+        freed += fused.numel() * fused.element_size() + down.numel() * down.element_size() - \
+            (kept.numel() * kept.element_size() if keep_gate else 0)
+        ffn.proj_1.weight = nn.Parameter(kept, requires_grad=False)  # [F, D] gate rows, or meta [2F, D]
+        ffn.proj_2.weight = nn.Parameter(torch.empty(down.shape, dtype=down.dtype, device="meta"), requires_grad=False)
+        ffn.proj_1.register_forward_pre_hook(_released)
+        ffn.proj_2.register_forward_pre_hook(_released)
+    return freed
+
+
+def _released(module: nn.Module, inputs) -> None:
+    raise RecipeError(f"{WHERE}: the model's own FFN weights were released once the bundle served them, and this "
+                      "path computes the dense FFN", hint="add keep_model_ffn: true")
 
 
 def fused_kernel(config: SparseDecodingConfig, model: OpenELM) -> FusedSparseFFN | None:

@@ -108,6 +108,9 @@ class ReluStatsEvaluator:
         config = self.config
         decoder = loaded.model if isinstance(loaded.model, SparseDecoder) else None  # toolkit-eval --decoder sparse
         model = decoder.model if decoder is not None else loaded.model
+        if decoder is not None and not decoder.sparse_ffn.dense_ffn:
+            raise ToolkitError("relu_stats records the dense FFN's activations, and --decoder-options released the "
+                               "model's FFN weights for the bundle", hint="add keep_model_ffn: true")
         input_ids, labels = run_sequences(loaded.recipe, "val", context.limit or config.sequences)
         inputs, activations, logits = record_ffn(model, input_ids)
         dense_loss = validation_loss(logits, labels)

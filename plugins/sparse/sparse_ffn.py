@@ -81,6 +81,7 @@ class SparseFFN:
         self.source = source
         self.provider = provider if provider is not None else DramRowProvider.from_layers(model.layers)
         self.fused = fused
+        self.dense_ffn = True  # False once the model's own FFN weights are released: all-active gathers too
         self.neurons_read = 0
         self.dense_calls = 0
 
@@ -90,7 +91,7 @@ class SparseFFN:
         if self.fused is not None and hidden.shape[0] * hidden.shape[1] == 1:
             return self._one_token(layer, hidden)
         mask = self.source.active(layer, hidden)  # [B, S, F] or None
-        if mask is None or bool(mask.all()):
+        if mask is None or (self.dense_ffn and bool(mask.all())):
             self.dense_calls += 1
             return ffn.step(hidden)
         used = mask.flatten(0, -2).any(dim=0)  # [F]: neurons some token needs

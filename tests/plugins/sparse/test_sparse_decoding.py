@@ -10,6 +10,7 @@ from plugins.lm.sampling import generate
 from plugins.sparse.predictor import LowRankPredictor, PredictedPattern
 from plugins.sparse.provider import DramRowProvider, RowProvider
 from plugins.sparse.sparse_ffn import AllActive, SparseOpenELM, TruePattern
+from toolkit.errors import RecipeError
 
 from sparse_models import TINY, prompt, tiny_openelm
 
@@ -118,3 +119,21 @@ def test_the_disk_neuron_cache_plugs_in_as_the_row_provider(tmp_path):
     dense = decode_logits(model, ids, prefill=1)
     from_disk = decode_logits(SparseOpenELM(model, TruePattern(model), cache), ids, prefill=1)
     torch.testing.assert_close(from_disk, dense, rtol=0, atol=2e-5)
+
+
+def test_releasing_the_ffn_weights_leaves_meta_tensors_of_the_same_shapes():
+    from plugins.sparse.decoder import release_ffn_weights
+
+    model = tiny_openelm(ffn_activation="relu")
+    shapes = [(layer.ffn.proj_1.weight.shape, layer.ffn.proj_2.weight.shape) for layer in model.layers]
+    gates = [layer.ffn.proj_1.weight[: layer.widths.ffn_dim].clone() for layer in model.layers]
+    total = sum(p.numel() * 4 for layer in model.layers for p in layer.ffn.parameters())
+    assert release_ffn_weights(model, keep_gate=True) == total - sum(gate.numel() * 4 for gate in gates)
+    for layer, (fused, down), gate in zip(model.layers, shapes, gates):
+        assert torch.equal(layer.ffn.proj_1.weight, gate)  # the oracle's gate rows stay
+        assert layer.ffn.proj_2.weight.is_meta and layer.ffn.proj_2.weight.shape == down
+    other = tiny_openelm(ffn_activation="relu")
+    assert release_ffn_weights(other, keep_gate=False) == total
+    assert all(p.is_meta for layer in other.layers for p in layer.ffn.parameters())
+    with pytest.raises(RecipeError, match="FFN weights were released"):  # never a matmul on garbage
+        other(prompt(4))

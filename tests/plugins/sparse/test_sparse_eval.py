@@ -44,12 +44,14 @@ def test_perplexity_is_scored_on_the_decoding_path(relu_run, sparse_files, tmp_p
         assert result["metrics"]["tokens"] == dense["metrics"]["tokens"] == 32  # 2 windows of 16
         assert result["metrics"]["nll_per_token"] == pytest.approx(dense["metrics"]["nll_per_token"], rel=1e-5)
     assert in_dram["notes"] == ["sparse decoding (active=relu (oracle: reads every gate row), FFN weights in "
-                                "DRAM, one-token steps by the fused gather (numba)); 32 tokens run as whole sequences (a prefill, or scoring), each token with its own "
-                                "active set"]
+                                "DRAM, one-token steps by the fused gather (numba)); 32 tokens run as whole sequences (a prefill, "
+                                "or scoring), each token with its own active set"]
     note = on_disk["notes"][0]
     # two windows of 16 inputs, one row at a time (--batch-size 1), one position at a time: 32 steps
     assert note.startswith("sparse decoding (active=relu (oracle: reads every gate row), FFN weights from "
-                           f"{bundle} under a {cap}-byte DRAM cap, window 5); 32 one-token steps in ")
+                           f"{bundle} under a {cap}-byte DRAM cap, window 5, the model's own FFN weights released "
+                           "(0.0")  # the tiny run's up rows and down columns; its gate rows stay for the oracle
+    assert "MB)); 32 one-token steps in " in note
     assert "read from disk per token" in note and "cache hit rate 0." in note and "cost model" in note
 
 
@@ -74,7 +76,7 @@ def test_relu_stats_saves_predictors_and_scores_them_again_through_the_decoder(r
     assert decoded["metrics"]["val_loss"] == fitted["metrics"]["val_loss"]  # the statistics are the model's own
     from_disk = evaluate(capsys, "relu_stats", "--model", str(relu_run), "--output", str(tmp_path / "disk"),
                          *RELU_STATS, "--decoder", "sparse", "--decoder-options",
-                         f"{{active: relu, bundle: {bundle}, dram_cap: {2 * cap}}}")  # 2 rows' neurons at once
+                         f"{{active: relu, bundle: {bundle}, dram_cap: {2 * cap}, keep_model_ffn: true}}")  # 2 rows' neurons at once
     decoding = from_disk["metrics"]["decoding"]
     assert decoding["scored"] == "token by token" and decoding["steps"] == 16 and decoding["rows_per_step"] == 2
     assert decoding["val_loss"] == pytest.approx(from_disk["metrics"]["val_loss"], rel=1e-5)
@@ -87,8 +89,12 @@ def test_relu_stats_saves_predictors_and_scores_them_again_through_the_decoder(r
     (["--decoder", "sparse", "--decoder-options", "{active: predictor, predictors: OTHER}"],
      ["predictors for a model of 3 layers, width 64", "this model has 2 layers, width 32"]),
     (["--decoder-options", "{active: relu}"], ["--decoder-options needs --decoder"]),
+    (["--decoder", "sparse", "--decoder-options", "{active: relu, bundle: BUNDLE, dram_cap: 100000}"],
+     ["relu_stats records the dense FFN's activations", "released the model's FFN weights",
+      "hint: add keep_model_ffn: true"]),
 ])
-def test_bad_relu_stats_options_are_one_line_and_write_nothing(relu_run, tmp_path, capsys, options, fragments):
+def test_bad_relu_stats_options_are_one_line_and_write_nothing(relu_run, sparse_files, tmp_path, capsys, options,
+                                                                fragments):
     from plugins.sparse.evaluator import fit_predictors
     from plugins.sparse.predictor import PredictorConfig
     from plugins.sparse.predictor_file import save_predictors
@@ -100,6 +106,7 @@ def test_bad_relu_stats_options_are_one_line_and_write_nothing(relu_run, tmp_pat
                     tmp_path / "other.safetensors")
     options = [option.replace("NODIR", str(tmp_path / "none" / "p.safetensors"))
                .replace("OTHER", str(tmp_path / "other.safetensors")).replace("=P", f"={tmp_path / 'p.safetensors'}")
+               .replace("BUNDLE", str(sparse_files[0]))
                for option in options]
     output = tmp_path / "eval"
     code = run_cli(eval_main, ["relu_stats", "--model", str(relu_run), "--output", str(output), *options])

@@ -52,7 +52,8 @@ def test_relu_path_in_dram_and_from_disk_gives_the_dense_greedy_text(relu_run, s
     assert disk == dense
     assert f"warning: --decoder-options: dram_cap {cap} holds 101 neurons, fewer than layer 1's 128" in disk_err
     line = disk_err.strip().splitlines()[-1]
-    assert f"FFN weights from {bundle} under a {cap}-byte DRAM cap, window 3" in line
+    assert f"FFN weights from {bundle} under a {cap}-byte DRAM cap, window 3, the model's own FFN weights " \
+           "released (0.0" in line  # the gate rows stay: the relu oracle reads them
     assert "one-token steps" in line and "read from disk per token" in line and "cache hit rate 0." in line
     assert "cost model: " in line and "tokens/s for the weight fetch" in line
 
@@ -109,6 +110,7 @@ def silu_copy(run, tmp_path):
     ("{active: relu, bundle: BUNDLE, dram_cap: 10}", ["a cap of 10 bytes holds no neuron"]),
     ("[relu]", ["--decoder-options: '[relu]' is not a mapping"]),
     ("{kernel: fast}", ["kernel must be one of auto, fused, torch, got 'fast'"]),
+    ("{active: relu, keep_model_ffn: true}", ["keep_model_ffn goes with bundle: PATH"]),
     ("{active: relu, kernel: fused, bundle: BUNDLE, dram_cap: 1000}", ["kernel: fused computes active neurons from DRAM"]),
 ])
 def test_bad_sparse_options_are_one_line(relu_run, sparse_files, tmp_path, capsys, options, fragments):
