@@ -42,7 +42,7 @@ class OracleSearchConfig:
     beam_width: int = 8
     chunk_sequences: int = 2  # sequences whose pattern tree is expanded together (memory: 3^L states each)
     max_rows: int = 128  # sequence rows per attention / FFN call
-    max_head_tokens: int = 4096  # tokens per output-head call when scoring leaves
+    max_head_tokens: int = 1024  # tokens per output-head call when scoring leaves (their float32 logits stay in cache)
     precision: str = "float32"  # or bfloat16 (CPU autocast; losses in float32)
 
     def __post_init__(self) -> None:
