@@ -3,7 +3,9 @@
     python tools/bench_sparse.py --model runs/relufy-tiny --threads 1
 
 Prints one JSON object (and writes it with --out):
-- copy bandwidth: the best of a few copies of a large float32 tensor (bytes read per second);
+- copy bandwidth: the best of a few copies of a large float32 tensor (bytes read per second; a
+  copy also writes as much, so its read rate sits below what a pure read reaches), and read
+  bandwidth: the best of a few sums over the same tensor (bytes read per second);
 - per decoding mode, tokens/s (median of --rounds rounds of --new-tokens greedy single-token steps
   after a --prompt-tokens prefill) and weight bytes read per token: `dense` (every weight), `sparse`
   (low-rank predictors choose the neurons; DramRowProvider gathers their rows), `sparse_fused` (the
@@ -51,6 +53,17 @@ def copy_bandwidth(megabytes: int, repeats: int = 5) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         target.copy_(source)
+        best = min(best, time.perf_counter() - start)
+    return source.numel() * 4 / best
+
+
+def read_bandwidth(megabytes: int, repeats: int = 5) -> float:
+    """Bytes read per second by the best of `repeats` sums over a `megabytes` float32 tensor."""
+    source = torch.randn(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        source.sum()
         best = min(best, time.perf_counter() - start)
     return source.numel() * 4 / best
 
@@ -164,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, decoder in modes.items():
             timings[name].append(decode_seconds_per_token(decoder, prompt, arguments.new_tokens))
     result = {"model": str(loaded.checkpoint_dir), "threads": arguments.threads,
-              "copy_bandwidth_gb_s": copy_bandwidth(arguments.copy_mb) / 1e9, "modes": {}}
+              "copy_bandwidth_gb_s": copy_bandwidth(arguments.copy_mb) / 1e9,
+              "read_bandwidth_gb_s": read_bandwidth(arguments.copy_mb) / 1e9, "modes": {}}
     for name, decoder in modes.items():
         seconds = statistics.median(timings[name])
         if name == "dense":
@@ -183,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     bound_seconds = dense["weight_bytes_per_token"] / (result["copy_bandwidth_gb_s"] * 1e9)
     result["dense_bandwidth_bound_tokens_per_s"] = 1 / bound_seconds
     result["dense_share_of_bandwidth_bound"] = bound_seconds / (dense["ms_per_token"] / 1000)
+    read_bound_seconds = dense["weight_bytes_per_token"] / (result["read_bandwidth_gb_s"] * 1e9)
+    result["dense_share_of_read_bound"] = read_bound_seconds / (dense["ms_per_token"] / 1000)
     for name in modes:
         if name != "dense":
             result[f"{name}_speedup_vs_dense"] = result["modes"][name]["tokens_per_s"] / dense["tokens_per_s"]
