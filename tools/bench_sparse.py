@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--predictor-rank", type=int, default=32)
-    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="predicted active above this sigmoid (default: the file's with --predictors, else 0.3)")
     parser.add_argument("--predictor-steps", type=int, default=300)
     parser.add_argument("--train-sequences", type=int, default=16)
     parser.add_argument("--val-sequences", type=int, default=8)
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         predictors = load_predictors(Path(arguments.predictors), model, arguments.threshold)
         arguments.predictor_rank = predictors[0].down.weight.shape[0]
     else:
-        config = PredictorConfig(arguments.predictor_rank, arguments.threshold, arguments.predictor_steps)
+        config = PredictorConfig(arguments.predictor_rank, arguments.threshold or 0.3, arguments.predictor_steps)
         predictors = fit_predictors(model, train_ids, config)
     inputs, activations, logits = record_ffn(model, val_ids)
     scores = [precision_recall(p.predict(h), a != 0) for p, h, a in zip(predictors, inputs, activations)]
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     result["ffn_share_of_dense_bytes"] = sizes["ffn"] / (sizes["ffn"] + sizes["other"])
     result["quality"] = {"dense_val_loss": dense_loss, "sparse_val_loss": sparse_loss,
                          "relative_change": (sparse_loss - dense_loss) / dense_loss}
-    result["predictor"] = {"rank": arguments.predictor_rank, "threshold": arguments.threshold,
+    result["predictor"] = {"rank": arguments.predictor_rank, "threshold": predictors[0].threshold,
                            "layers": [{"precision": round(p, 4), "recall": round(r, 4)} for p, r in scores]}
     width = arguments.micro_width
     if width:
