@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from plugins.sparse.provider import DramRowProvider
 from plugins.sparse.sparse_ffn import SparseOpenELM, TruePattern
 from plugins.sparse.stats import record_ffn, validation_loss
 from toolkit.checkpoint import load_model
+from toolkit.cli.common import run_cli
 from toolkit.files import atomic_write_text
 
 
@@ -224,4 +224,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_cli(main))
