@@ -27,7 +27,7 @@ from plugins.duo.routed_ffn import routed_ffn
 from plugins.duo.routers import BIG, SMALL, Router, make_router
 from plugins.openelm.config import LayerWidths, OpenELMConfig
 from plugins.openelm.kv_cache import KVCache
-from plugins.openelm.model import Block, FeedForward, OpenELM
+from plugins.openelm.model import Block, FeedForward, OpenELM, matmul_flops_factor
 
 
 @dataclass
@@ -174,7 +174,7 @@ class DuoOpenELM(OpenELM):
         for layer, choices in zip(self.layers, self.routing.choices):
             for code, ffn in ((BIG, layer.ffn), (SMALL, layer.small_ffn)):
                 unused = 1.0 - (choices == code).float().mean().item()
-                total -= 6 * unused * sum(parameter.numel() for parameter in ffn.parameters())
+                total -= unused * sum(matmul_flops_factor(parameter) * parameter.numel() for parameter in ffn.parameters())
         return total
 
     def layer_summary(self) -> list[str]:

@@ -220,6 +220,11 @@ class Block(nn.Module):
         return x + (self.ffn.step(hidden) if ffn_step is None else ffn_step(layer, hidden))  # [B, S, D]
 
 
+def matmul_flops_factor(parameter: nn.Parameter) -> int:
+    """Training FLOPs per token per weight: 6 (forward, input gradient, weight gradient), 4 if frozen."""
+    return 6 if parameter.requires_grad else 4
+
+
 class OpenELM(nn.Module):
     """OpenELM language model: `model(input_ids [B, S]) -> logits [B, S, V]` (float32)."""
 
@@ -355,12 +360,18 @@ class OpenELM(nn.Module):
         lookup, with the output head counted once (tied, it is the embedding table, so then N is
         all parameters). Norm scales are included; they are a rounding error. The attention term
         sums 12 * H_i * E * T over the layers, since OpenELM's layers differ in heads.
+        A frozen parameter (requires_grad False: a router trained on a frozen model) counts 4,
+        not 6: its forward and the gradient that flows through it, but no weight gradient (an
+        upper bound: below the lowest trainable parameter no gradient flows at all).
         """
-        matmul_parameters = self.num_parameters(exclude_embeddings=True)
-        if self.lm_head is None:
-            matmul_parameters += self.token_embeddings.weight.numel()  # the tied output head
         attention = sum(12 * layer.widths.num_query_heads * self.config.head_dim * seq_len for layer in self.layers)
-        return float(6 * matmul_parameters + attention)
+        return float(sum(matmul_flops_factor(parameter) * parameter.numel()
+                         for parameter in self.matmul_parameters()) + attention)
+
+    def matmul_parameters(self) -> list[nn.Parameter]:
+        """Every parameter once (a tied head is the embedding table), without an untied input embedding."""
+        embedding = self.token_embeddings.weight
+        return [parameter for parameter in self.parameters() if parameter is not embedding or self.lm_head is None]
 
     def training_flops_per_item(self, sequence_length: int) -> float:
         """toolkit.capabilities.TrainingFlops: an item is a token."""

@@ -74,3 +74,21 @@ def test_token_and_loss_per_dollar():
     assert measure.loss_per_dollar(4.0, 1000, 500.0, 1.8, 2) == pytest.approx(2000.0)
     assert measure.steps_for_budget(1000, 300) == 4
     assert measure.steps_for_budget(0, 300) == 0
+
+
+def test_a_frozen_model_counts_no_weight_gradients():
+    """Only layer 0's first norm trains (a router trained on a frozen model, in miniature): the
+    gradient still flows through every matmul, but no weight gradient is computed."""
+    model = tiny_openelm("sdpa_math")
+    trainable = model.layers[0].attn_norm.weight
+    for parameter in model.parameters():
+        parameter.requires_grad_(parameter is trainable)
+    batch, seq = 2, 48
+    counted = counted_training_flops(model, batch, seq)
+    formula = model.flops_per_token(seq) * batch * seq
+    frozen_scales = sum(p.numel() for name, p in model.named_parameters()
+                        if name.endswith("norm.weight") and p is not trainable)
+    assert counted == formula - (4 * frozen_scales + 6 * trainable.numel()) * batch * seq
+    everything = tiny_openelm("sdpa_math").flops_per_token(seq)  # 6 N + attention
+    frozen = sum(p.numel() for p in model.matmul_parameters()) - trainable.numel()
+    assert everything - model.flops_per_token(seq) == 2 * frozen  # 4 per frozen weight, not 6
