@@ -258,9 +258,7 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
         described += ", FFN weights in DRAM, one-token steps by the " + ("fused gather (numba)" if fused else "torch gather")
     else:
         described += ", FFN weights in DRAM"
-    decoder = SparseDecoder(model, source, cache, described, config.token_by_token, fused)
-    decoder.sparse_ffn.dense_ffn = cache is None or config.keep_model_ffn
-    return decoder
+    return SparseDecoder(model, source, cache, described, config.token_by_token, fused)
 
 
 def release_ffn_weights(model: OpenELM, keep_gate: bool) -> int:

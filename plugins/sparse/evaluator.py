@@ -30,7 +30,7 @@ from plugins.openelm.model import OpenELM
 from plugins.sparse.decoder import SparseDecoder
 from plugins.sparse.predictor import PredictedPattern, PredictorConfig, precision_recall, train_predictor
 from plugins.sparse.predictor_file import save_predictors
-from plugins.sparse.sparse_ffn import SparseOpenELM
+from plugins.sparse.sparse_ffn import SparseOpenELM, ffn_released
 from plugins.sparse.stats import layer_statistics, record_ffn, summarize, validation_loss
 from toolkit.errors import ToolkitError
 
@@ -108,7 +108,7 @@ class ReluStatsEvaluator:
         config = self.config
         decoder = loaded.model if isinstance(loaded.model, SparseDecoder) else None  # toolkit-eval --decoder sparse
         model = decoder.model if decoder is not None else loaded.model
-        if decoder is not None and not decoder.sparse_ffn.dense_ffn:
+        if ffn_released(model):
             raise ToolkitError("relu_stats records the dense FFN's activations, and --decoder-options released the "
                                "model's FFN weights for the bundle", hint="add keep_model_ffn: true")
         input_ids, labels = run_sequences(loaded.recipe, "val", context.limit or config.sequences)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from plugins.sparse.bundle import ffn_weights, layer_parts
 from plugins.sparse.predictor import LowRankPredictor, PredictedPattern
 
 try:  # optional: pip install 'toolkit[sparse]'
@@ -101,11 +102,18 @@ if numba is not None:
     _predicted_ids = numba.njit(fastmath=True, nogil=True, cache=True)(_predicted_ids)
 
 
+def float32_array(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous float32 numpy copy of `tensor` (what the compiled loops read)."""
+    return np.ascontiguousarray(tensor.detach().to(torch.float32).cpu().numpy())
+
+
 def bundle_layer(fused_gate_up: torch.Tensor, down: torch.Tensor) -> np.ndarray:
-    """The neuron-major bundle [F, 3D] of one FFN: fused_gate_up [2F, D] (gate rows, then up rows), down [D, F]."""
-    ffn_dim = down.shape[1]
-    rows = torch.cat((fused_gate_up[:ffn_dim], fused_gate_up[ffn_dim:], down.t()), dim=1)  # [F, 3D]
-    return np.ascontiguousarray(rows.detach().to(torch.float32).cpu().numpy())
+    """The neuron-major bundle [F, 3D] of one FFN: fused_gate_up [2F, D] (gate rows, then up rows), down [D, F].
+
+    The same records as the "bundled" layout of a bundle file (bundle.py), here in DRAM.
+    """
+    parts = layer_parts(fused_gate_up.detach(), down.detach())  # [3, F, D]
+    return float32_array(parts.transpose(0, 1).reshape(down.shape[1], -1))  # [F, 3D]
 
 
 class FusedSparseFFN:
@@ -128,8 +136,12 @@ class FusedSparseFFN:
     @classmethod
     def from_model(cls, model) -> FusedSparseFFN:
         """The kernel over an OpenELM's FFNs (`model.layers[i].ffn`)."""
-        pairs = [(layer.ffn.proj_1.weight, layer.ffn.proj_2.weight) for layer in model.layers]
-        return cls(pairs, model.layers[0].ffn.shift)
+        return cls(ffn_weights(model), model.layers[0].ffn.shift)
+
+    def down_rows(self) -> list[torch.Tensor]:
+        """Per layer the down-projection columns as rows [F, D]: views of the bundles (no copy), for
+        a DramRowProvider serving the steps of several tokens."""
+        return [torch.from_numpy(bundle)[:, 2 * (bundle.shape[1] // 3):] for bundle in self.bundles]
 
     @classmethod
     def supports(cls, weight: torch.Tensor, activation: str) -> bool:
@@ -155,8 +167,7 @@ class FusedPredictedPattern(PredictedPattern):
         super().__init__(predictors)
         if not available():
             raise RuntimeError("the fused predictors need numba: pip install 'toolkit[sparse]'")
-        as_array = lambda tensor: np.ascontiguousarray(tensor.detach().to(torch.float32).cpu().numpy())  # noqa: E731
-        self.weights = [(as_array(p.down.weight), as_array(p.up.weight.t()), as_array(p.up.bias),
+        self.weights = [(float32_array(p.down.weight), float32_array(p.up.weight.t()), float32_array(p.up.bias),
                          np.float32(p.logit_threshold)) for p in predictors]  # down [r, D], up^T [r, F], bias [F]
         self.bottlenecks = [np.empty(down.shape[0], dtype=np.float32) for down, _, _, _ in self.weights]
         self.logits = [np.empty(bias.shape[0], dtype=np.float32) for _, _, bias, _ in self.weights]

@@ -52,17 +52,21 @@ class DramRowProvider:
     The returned tensors are views of those buffers, overwritten by the next `rows` call.
     """
 
-    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """pairs: per layer (fused gate/up weight [2F, D], down-projection weight [D, F])."""
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+                 down_rows: list[torch.Tensor] | None = None) -> None:
+        """pairs: per layer (fused gate/up weight [2F, D], down-projection weight [D, F]); down_rows:
+        the down columns already held as rows [F, D] elsewhere (the fused kernel's bundles), used
+        instead of a transposed copy."""
         self.gate_up = [fused for fused, _ in pairs]  # [2F, D] each, shared with the model
-        self.down = [down.t().contiguous() for _, down in pairs]  # [F, D] each, a copy
+        self.down = down_rows if down_rows is not None else [down.t().contiguous() for _, down in pairs]  # [F, D]
         self.gate_up_buffers = [torch.empty_like(fused) for fused in self.gate_up]  # [2F, D]
-        self.down_buffers = [torch.empty_like(down) for down in self.down]  # [F, D]
+        self.down_buffers = [torch.empty(down.shape, dtype=down.dtype) for down in self.down]  # [F, D], contiguous
 
     @classmethod
-    def from_layers(cls, layers: nn.ModuleList) -> DramRowProvider:
+    def from_layers(cls, layers: nn.ModuleList, down_rows: list[torch.Tensor] | None = None) -> DramRowProvider:
         """The provider of an OpenELM's blocks (`model.layers`)."""
-        return cls([(layer.ffn.proj_1.weight.detach(), layer.ffn.proj_2.weight.detach()) for layer in layers])
+        return cls([(layer.ffn.proj_1.weight.detach(), layer.ffn.proj_2.weight.detach()) for layer in layers],
+                   down_rows)
 
     def ffn_dim(self, layer: int) -> int:
         return self.down[layer].shape[0]

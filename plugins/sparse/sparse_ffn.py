@@ -67,6 +67,11 @@ class TruePattern:
         return torch.nn.functional.linear(hidden, gate_rows) > ffn.shift  # [B, S, F]
 
 
+def ffn_released(model: OpenELM) -> bool:
+    """Whether the model's own FFN weights were released (decoder.release_ffn_weights: a bundle serves them)."""
+    return model.layers[0].ffn.proj_2.weight.is_meta
+
+
 class SparseFFN:
     """The FFN step of sparse decoding (an OpenELM FFNStep): active rows only.
 
@@ -79,9 +84,11 @@ class SparseFFN:
                  fused: FusedSparseFFN | None = None) -> None:
         self.model = model
         self.source = source
-        self.provider = provider if provider is not None else DramRowProvider.from_layers(model.layers)
+        if provider is None:  # with the fused kernel, its bundles already hold the down columns as rows
+            provider = DramRowProvider.from_layers(model.layers, fused.down_rows() if fused is not None else None)
+        self.provider = provider
         self.fused = fused
-        self.dense_ffn = True  # False once the model's own FFN weights are released: all-active gathers too
+        self.lists_ids = isinstance(source, ListsActiveIds)  # checked once: a Protocol check is not free per call
         self.neurons_read = 0
         self.dense_calls = 0
 
@@ -91,7 +98,7 @@ class SparseFFN:
         if self.fused is not None and hidden.shape[0] * hidden.shape[1] == 1:
             return self._one_token(layer, hidden)
         mask = self.source.active(layer, hidden)  # [B, S, F] or None
-        if mask is None or (self.dense_ffn and bool(mask.all())):
+        if mask is None or (bool(mask.all()) and not ffn_released(self.model)):
             self.dense_calls += 1
             return ffn.step(hidden)
         used = mask.flatten(0, -2).any(dim=0)  # [F]: neurons some token needs
@@ -106,7 +113,7 @@ class SparseFFN:
 
     def _one_token(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [1, 1, D] through the fused kernel: the fewest torch calls per layer (they cost at batch 1)."""
-        if isinstance(self.source, ListsActiveIds):
+        if self.lists_ids:
             neuron_ids = self.source.active_ids(layer, hidden)  # [n]
         else:
             mask = self.source.active(layer, hidden)  # [1, 1, F] or None
@@ -114,7 +121,7 @@ class SparseFFN:
                 self.dense_calls += 1
                 return self.model.layers[layer].ffn.step(hidden)
             neuron_ids = mask.view(-1).nonzero().view(-1)  # [n]
-        if neuron_ids.numel() == self.provider.ffn_dim(layer):
+        if neuron_ids.numel() == self.provider.ffn_dim(layer) and not ffn_released(self.model):
             self.dense_calls += 1  # every neuron: the dense FFN, exactly
             return self.model.layers[layer].ffn.step(hidden)
         self.neurons_read += neuron_ids.numel()

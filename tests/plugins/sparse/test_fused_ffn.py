@@ -30,6 +30,11 @@ def test_the_bundle_holds_gate_row_up_row_and_down_column_per_neuron():
         assert torch.equal(bundle[neuron, :width], ffn.proj_1.weight[neuron])
         assert torch.equal(bundle[neuron, width:2 * width], ffn.proj_1.weight[ffn_dim + neuron])
         assert torch.equal(bundle[neuron, 2 * width:], ffn.proj_2.weight[:, neuron])
+    kernel = FusedSparseFFN.from_model(model)
+    provider = SparseOpenELM(model, TruePattern(model), fused=kernel).sparse_ffn.provider
+    # the provider for several tokens at once reads the bundles' down columns, not a copy of them
+    assert provider.down[1].data_ptr() == kernel.down_rows()[1].data_ptr()
+    assert torch.equal(provider.down[1], ffn.proj_2.weight.t())
 
 
 @pytest.mark.parametrize("options", RELU_MODELS)

@@ -122,6 +122,20 @@ def test_bad_sparse_options_are_one_line(relu_run, sparse_files, tmp_path, capsy
     assert captured.out == ""
 
 
+def test_kernel_fused_without_numba_is_one_line(relu_run, capsys, monkeypatch):
+    from plugins.sparse import fused_ffn
+
+    monkeypatch.setattr(fused_ffn, "numba", None)  # as on a machine without the `sparse` extra
+    code = run_cli(generate_cli.run, [str(relu_run), "--max-new-tokens", "2", "--decoder", "sparse",
+                                      "--decoder-options", "{active: relu, kernel: fused}"])
+    captured = capsys.readouterr()
+    assert_error_output(code, captured.err, "--decoder-options: kernel: fused cannot run: numba is not installed",
+                        "pip install 'toolkit[sparse]'")
+    assert captured.out == ""
+    text, err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options", "{active: relu}")
+    assert "one-token steps by the torch gather" in err  # auto falls back without numba
+
+
 def test_a_model_that_is_not_relufied_is_refused_for_the_relu_path(relu_run, tmp_path, capsys):
     code = run_cli(generate_cli.run, [str(silu_copy(relu_run, tmp_path)), "--decoder", "sparse"])
     captured = capsys.readouterr()
