@@ -87,23 +87,23 @@ def _autocast(config: OracleSearchConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def token_losses_of_states(model, states: torch.Tensor, labels: torch.Tensor, max_tokens: int) -> torch.Tensor:
-    """Cross-entropy [M, n, S] of final hidden states [M, n, S, D] against labels [n, S] (0 where ignored).
+def _head_losses(model, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy [..., S] of final hidden states [..., S, D] against labels broadcast to [..., S].
 
-    Fused `cross_entropy` over groups of at most `max_tokens` tokens: the composite logsumexp over
-    large logit tensors was three quarters of the oracle's time, memory-bound.
+    Fused `cross_entropy`, called on a few thousand tokens at a time so that the float32 logits stay
+    in cache: a composite logsumexp over large logit tensors was three quarters of the oracle's time.
     """
-    count, rows, seq, _ = states.shape
     head = model.token_embeddings.weight if model.lm_head is None else model.lm_head.weight  # [V, D]
-    losses = torch.empty(count, rows, seq, device=states.device)
-    group = max(1, max_tokens // (rows * seq))
-    for start in range(0, count, group):
-        logits = F.linear(model.norm(states[start:start + group]), head).float()  # [g, n, S, V]
-        targets = labels.expand(logits.shape[:-1])  # [g, n, S]
-        per_token = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                    reduction="none")
-        losses[start:start + group] = per_token.view(targets.shape)
-    return losses
+    logits = F.linear(model.norm(states), head).float()  # [..., S, V]
+    targets = labels.expand(logits.shape[:-1])
+    per_token = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+    return per_token.view(targets.shape)
+
+
+def _attention_step(layer, part: torch.Tensor, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [r, S, D] -> (the residual after attention, its FFN input), both [r, S, D]."""
+    after_attention = part + layer.attn(layer.attn_norm(part), cos, sin)
+    return after_attention, layer.ffn_norm(after_attention)
 
 
 def _expand_layer(layer, states: torch.Tensor, cos, sin, allow_skip: bool, max_rows: int) -> torch.Tensor:
@@ -113,15 +113,42 @@ def _expand_layer(layer, states: torch.Tensor, cos, sin, allow_skip: bool, max_r
     flat = states.reshape(prefixes * rows, seq, dim)
     children = flat.new_empty(prefixes * rows, choices, seq, dim)
     for start in range(0, flat.shape[0], max_rows):
-        part = flat[start:start + max_rows]
-        after_attention = part + layer.attn(layer.attn_norm(part), cos, sin)  # [r, S, D]
-        normed = layer.ffn_norm(after_attention)
+        after_attention, normed = _attention_step(layer, flat[start:start + max_rows], cos, sin)
         children[start:start + max_rows, BIG] = after_attention + layer.ffn(normed)
         children[start:start + max_rows, SMALL] = after_attention + layer.small_ffn(normed)
         if allow_skip:
             children[start:start + max_rows, SKIP] = after_attention
     # [M, n, C, S, D] -> [M, C, n, S, D]: prefix-major, then choice, as the leaf order wants.
     return children.view(prefixes, rows, choices, seq, dim).transpose(1, 2).reshape(prefixes * choices, rows, seq, dim)
+
+
+def _score_last_layer(model, states: torch.Tensor, labels: torch.Tensor, cos, sin,
+                      config: OracleSearchConfig) -> torch.Tensor:
+    """Per-token losses [M * C, n, S] of the leaves under the last layer, states [M, n, S, D] before it.
+
+    The same as expanding the last layer and scoring its leaves, without writing the leaves: each
+    block of rows goes through attention and both FFNs, and each child is scored while its states
+    are still in cache (the leaves of 2 sequences are 380 MB of float32).
+    """
+    layer = model.layers[-1]
+    prefixes, rows, seq, dim = states.shape
+    choices = 3 if config.allow_skip else 2
+    flat = states.reshape(prefixes * rows, seq, dim)
+    row_labels = labels.repeat(prefixes, 1)  # [M * n, S], row m * n + j holds sequence j
+    losses = torch.empty(prefixes * rows, choices, seq, device=states.device)
+    head_rows = max(1, config.max_head_tokens // seq)
+    for start in range(0, flat.shape[0], config.max_rows):
+        after_attention, normed = _attention_step(layer, flat[start:start + config.max_rows], cos, sin)
+        outputs = {BIG: layer.ffn(normed), SMALL: layer.small_ffn(normed)}  # each [r, S, D]
+        for first in range(0, after_attention.shape[0], head_rows):
+            block = slice(first, first + head_rows)
+            block_labels = row_labels[start + first:start + first + after_attention[block].shape[0]]
+            base = after_attention[block]
+            for choice in range(choices):
+                leaf = base if choice == SKIP else base + outputs[choice][block]
+                losses[start + first:start + first + base.shape[0], choice] = _head_losses(model, leaf, block_labels)
+    # [M, n, C, S] -> [M, C, n, S], the leaf order.
+    return losses.view(prefixes, rows, choices, seq).transpose(1, 2).reshape(prefixes * choices, rows, seq)
 
 
 @torch.no_grad()
@@ -136,11 +163,10 @@ def exhaustive_token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor
         for start in range(0, sequences, config.chunk_sequences):
             ids = input_ids[start:start + config.chunk_sequences]
             states = model.token_embeddings(ids)[None]  # [1, n, S, D]
-            for layer in model.layers:
+            for layer in model.layers[:-1]:
                 states = _expand_layer(layer, states, cos, sin, config.allow_skip, config.max_rows)
             chunk_labels = labels[start:start + config.chunk_sequences]
-            losses[:, start:start + ids.shape[0]] = token_losses_of_states(
-                model, states, chunk_labels, config.max_head_tokens).cpu()
+            losses[:, start:start + ids.shape[0]] = _score_last_layer(model, states, chunk_labels, cos, sin, config).cpu()
     return losses
 
 
