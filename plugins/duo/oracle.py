@@ -5,8 +5,9 @@ every token of a sequence. The budget `max_big` caps how many layers use the big
 search scores every pattern on every token, batched as a tree: the hidden state after layer k
 depends only on the first k choices, so the states of all 3^k prefixes are computed once, layer
 by layer, each layer running attention once per prefix and each FFN once per prefix, instead of
-3^L full forwards. The 3^L leaves then go through the final norm and head in groups. From the
-per-token losses [P, N, S] it reads, per budget:
+3^L full forwards. The last layer's leaves are not written out: each block of its rows goes
+through attention and both FFNs, and its children go through the final norm and head while in
+cache. From the per-token losses [P, N, S] it reads, per budget:
 
     corpus       the best pattern for all sequences together (what the `oracle` router applies)
     sequence     the best pattern for each sequence
@@ -42,7 +43,7 @@ class OracleSearchConfig:
     beam_width: int = 8
     chunk_sequences: int = 2  # sequences whose pattern tree is expanded together (memory: 3^L states each)
     max_rows: int = 128  # sequence rows per attention / FFN call
-    max_head_tokens: int = 1024  # tokens per output-head call when scoring leaves (their float32 logits stay in cache)
+    max_head_tokens: int = 1024  # tokens per output-head call (whole sequences, at least one), so the float32 logits stay in cache
     precision: str = "float32"  # or bfloat16 (CPU autocast; losses in float32)
 
     def __post_init__(self) -> None:
@@ -141,12 +142,11 @@ def _score_last_layer(model, states: torch.Tensor, labels: torch.Tensor, cos, si
         after_attention, normed = _attention_step(layer, flat[start:start + config.max_rows], cos, sin)
         outputs = {BIG: layer.ffn(normed), SMALL: layer.small_ffn(normed)}  # each [r, S, D]
         for first in range(0, after_attention.shape[0], head_rows):
-            block = slice(first, first + head_rows)
-            block_labels = row_labels[start + first:start + first + after_attention[block].shape[0]]
-            base = after_attention[block]
+            base = after_attention[first:first + head_rows]  # [h, S, D]
+            rows_done = slice(start + first, start + first + base.shape[0])
             for choice in range(choices):
-                leaf = base if choice == SKIP else base + outputs[choice][block]
-                losses[start + first:start + first + base.shape[0], choice] = _head_losses(model, leaf, block_labels)
+                leaf = base if choice == SKIP else base + outputs[choice][first:first + head_rows]
+                losses[rows_done, choice] = _head_losses(model, leaf, row_labels[rows_done])
     # [M, n, C, S] -> [M, C, n, S], the leaf order.
     return losses.view(prefixes, rows, choices, seq).transpose(1, 2).reshape(prefixes * choices, rows, seq)
 
