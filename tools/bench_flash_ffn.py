@@ -77,6 +77,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=5, help="windowing: keep neurons of the last k tokens")
     parser.add_argument("--cap-fraction", type=float, default=0.5, help="DRAM cap as a fraction of the FFN weights")
     parser.add_argument("--read-threads", type=int, default=1, help="ours: reads in flight at once (threads)")
+    parser.add_argument("--coalesce-kb", type=float, default=0.0,
+                        help="ours: one read across gaps of unneeded records up to this many KiB (0: runs only)")
     parser.add_argument("--modes", default="warm,cold")
     parser.add_argument("--sources", default=",".join(SOURCES))
     parser.add_argument("--scratch-mb", type=int, default=512, help="cost model's scratch file (larger than what it reads)")
@@ -225,7 +227,8 @@ def main(argv: list[str]) -> int:
             if name.startswith("naive"):
                 sources[name] = (NaiveNeuronLoader(reader), path)
             else:
-                sources[name] = (NeuronCache(reader, cap, args.window, args.read_threads), path)
+                sources[name] = (NeuronCache(reader, cap, args.window, args.read_threads,
+                                             int(args.coalesce_kb * 1024)), path)
                 assert sources[name][0].allocated_bytes() <= cap
         if mode == "warm":
             measured_mode = run_lockstep(sources, patterns, False, args.window, check)

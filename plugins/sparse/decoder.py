@@ -62,6 +62,7 @@ class SparseDecodingConfig:
     dram_cap: int = 0  # bytes of the DRAM neuron cache (needed with bundle)
     window: int = 5  # windowing: neurons used by the last k tokens stay cached
     read_threads: int = 1  # reads in flight at once
+    coalesce_gap_bytes: int = 0  # one read across gaps of unneeded records up to this many bytes
     token_by_token: bool = False  # score sequences one token at a time (always so with a bundle)
     kernel: str = "auto"  # one token in DRAM: fused (numba), torch (gather + matmuls), auto (fused if it can)
     keep_model_ffn: bool = False  # with a bundle: keep the model's own FFN weights in DRAM too (relu_stats needs them)
@@ -92,6 +93,8 @@ class SparseDecodingConfig:
                              "decoding reads)")
         if self.window < 1 or self.read_threads < 1:
             raise ValueError(f"window and read_threads must be >= 1, got {self.window} and {self.read_threads}")
+        if self.coalesce_gap_bytes < 0 or (self.coalesce_gap_bytes and not self.bundle):
+            raise ValueError(f"coalesce_gap_bytes must be >= 0 and needs bundle: PATH, got {self.coalesce_gap_bytes}")
 
 
 class SparseDecoder(nn.Module):
@@ -219,7 +222,7 @@ def open_neuron_cache(config: SparseDecodingConfig, model: OpenELM) -> NeuronCac
     reader = BundleReader(Path(config.bundle), expected_shapes=shapes, readahead=False)
     try:
         check_bundle_weights(reader, model)
-        cache = NeuronCache(reader, config.dram_cap, config.window, config.read_threads)
+        cache = NeuronCache(reader, config.dram_cap, config.window, config.read_threads, config.coalesce_gap_bytes)
     except BaseException:
         reader.close()
         raise

@@ -16,6 +16,11 @@ that nothing is allocated, copied around or freed while decoding.
   the current request are never victims.
 - Missing neurons are read sorted by id; a run of consecutive ids is one `os.preadv` that scatters
   the run's records straight into their (arbitrary) slots, so no read is copied twice.
+- With `coalesce_gap_bytes`, two runs are one read when the records between them take at most
+  that many bytes: those records land in one scratch record and are dropped. A device that takes
+  tens of microseconds per read but streams a megabyte a millisecond reads a few unneeded
+  records faster than it serves one more request (`cost_model.py` measures both; the bytes read
+  include the dropped ones).
 """
 
 from __future__ import annotations
@@ -39,12 +44,16 @@ class CacheCapacityError(ToolkitError):
 class NeuronCache:
     """`rows(layer, neuron_ids)` from DRAM where resident, else from the bundle (see fetch_stats.py)."""
 
-    def __init__(self, reader: BundleReader, cap_bytes: int, window_tokens: int = 5, read_threads: int = 1) -> None:
+    def __init__(self, reader: BundleReader, cap_bytes: int, window_tokens: int = 5, read_threads: int = 1,
+                 coalesce_gap_bytes: int = 0) -> None:
         if reader.layout != "bundled":
             raise BundleError(f"{reader.path}: the neuron cache needs a bundled file, this one is {reader.layout!r}")
         if window_tokens < 1:
             raise CacheCapacityError(f"window_tokens must be at least 1, got {window_tokens}")
+        if coalesce_gap_bytes < 0:
+            raise CacheCapacityError(f"coalesce_gap_bytes must be >= 0, got {coalesce_gap_bytes}")
         self.reader, self.cap_bytes, self.window_tokens = reader, int(cap_bytes), window_tokens
+        self.coalesce_gap_bytes = int(coalesce_gap_bytes)
         # Several reads in flight at once: a device (flash, a virtual disk) serves a queue of
         # small reads much faster than one at a time; os.preadv releases the GIL while it waits.
         self.read_pool = ThreadPoolExecutor(read_threads, "neuron-read") if read_threads > 1 else None
@@ -55,7 +64,8 @@ class NeuronCache:
         # Bookkeeping in numpy: indexing small arrays costs about a microsecond there, tens in torch.
         self.layer_base = np.cumsum([0, *sizes], dtype=np.int64)  # [L + 1]
         total_neurons = int(self.layer_base[-1])
-        fixed = self.layer_base.nbytes + 4 * total_neurons
+        scratch_bytes = self.slot_bytes if coalesce_gap_bytes else 0  # where skipped records land
+        fixed = self.layer_base.nbytes + 4 * total_neurons + scratch_bytes
         per_slot = self.slot_bytes + 4 + 8 + 8  # the record, slot_owner, slot_step, slot_token
         self.num_slots = min(max((self.cap_bytes - fixed) // per_slot, 0), total_neurons)
         if self.num_slots < 1:
@@ -74,6 +84,8 @@ class NeuronCache:
                        for index in range(len(reader.layers))]
         self.typed_parts = [(typed[:, 0], typed[:, 1], typed[:, 2]) for typed in typed_slots]  # [S, D] x 3
         self.record_bytes = [reader.record_bytes(index) for index in range(len(reader.layers))]
+        self.scratch = torch.empty(scratch_bytes, dtype=torch.uint8)
+        self.scratch_view = memoryview(self.scratch.numpy()).cast("B")
 
     def allocated_bytes(self) -> int:
         """Bytes held by every array the cache owns (measured from their memory; views counted once)."""
@@ -145,16 +157,21 @@ class NeuronCache:
         in_window = self.slot_token[victims] > self.clock.token - self.window_tokens
         self.stats.window_evictions += int((evicted & in_window).sum())
         self.neuron_to_slot[owners[evicted]] = -1
-        # Runs of consecutive ids: [start, end) index ranges into missing_ids.
-        breaks = (np.flatnonzero(np.diff(missing_ids) != 1) + 1).tolist()
+        # Reads: [start, end) index ranges into missing_ids, split where the gap is too wide.
         record_bytes, slot_bytes, view = self.record_bytes[layer], self.slot_bytes, self.buffer_view
+        gaps = np.diff(missing_ids) - 1  # [m - 1] records between consecutive missing ids
+        breaks = (np.flatnonzero(gaps > self.coalesce_gap_bytes // record_bytes) + 1).tolist()
         ids, starts = missing_ids.tolist(), (victims * slot_bytes).tolist()
         reads = []  # (first neuron, destination buffers) per read
         for start, end in zip([0, *breaks], [*breaks, count]):
-            for chunk in range(start, end, IOV_MAX):
-                chunk_end = min(chunk + IOV_MAX, end)
-                reads.append((ids[chunk], [view[first:first + record_bytes] for first in starts[chunk:chunk_end]]))
+            if ids[end - 1] - ids[start] == end - 1 - start:  # consecutive ids: no gap records
+                for chunk in range(start, end, IOV_MAX):
+                    chunk_end = min(chunk + IOV_MAX, end)
+                    reads.append((ids[chunk], [view[first:first + record_bytes] for first in starts[chunk:chunk_end]]))
+            else:
+                reads.extend(self._gapped_reads(ids[start:end], starts[start:end], record_bytes))
         self.stats.reads_issued += len(reads)
+        self.stats.bytes_read += (sum(len(buffers) for _, buffers in reads) - count) * record_bytes  # the dropped
         if self.read_pool is None or len(reads) == 1:
             self._read_all(layer, reads)
         else:  # one batch of reads per thread, not one task per read: a task costs tens of microseconds
@@ -165,6 +182,17 @@ class NeuronCache:
         global_ids = missing_ids + self.layer_base[layer]
         self.neuron_to_slot[global_ids] = victims
         self.slot_owner[victims] = global_ids
+
+    def _gapped_reads(self, ids: list[int], starts: list[int], record_bytes: int) -> list:
+        """Reads covering ids[0] .. ids[-1] (sorted): wanted records into their slots at `starts`,
+        the records between them into the scratch record, at most IOV_MAX buffers per read."""
+        scratch, view = self.scratch_view[:record_bytes], self.buffer_view
+        buffers = []
+        for index, (neuron, first) in enumerate(zip(ids, starts)):
+            if index:
+                buffers.extend([scratch] * (neuron - ids[index - 1] - 1))
+            buffers.append(view[first:first + record_bytes])
+        return [(ids[0] + chunk, buffers[chunk:chunk + IOV_MAX]) for chunk in range(0, len(buffers), IOV_MAX)]
 
     def _read_all(self, layer: int, reads: list) -> None:
         for first_neuron, destinations in reads:

@@ -98,6 +98,46 @@ def test_windowing_reads_only_neurons_not_resident(bundle):
         assert cache.stats.tokens == 3
 
 
+def test_coalescing_reads_narrow_gaps_in_one_read_and_drops_them(bundle):
+    _, folder = bundle
+    with BundleReader(folder / "ffn.bin") as reader:
+        cache = NeuronCache(reader, 10**6, coalesce_gap_bytes=2 * RECORD)  # gaps of up to 2 records
+        # Runs 0..1, 4 (gap 2: joined), 8 (gap 3: apart), 10 (gap 1: joined): 2 reads, 3 records dropped.
+        gate_up, down = cache.rows(1, torch.tensor([10, 0, 4, 1, 8]))
+        assert (cache.stats.reads_issued, cache.stats.misses) == (2, 5)
+        assert cache.stats.bytes_read == (5 + 3) * RECORD
+        # The dropped records landed nowhere: the resident set is what was asked for.
+        assert cache.resident_neurons(1).tolist() == [0, 1, 4, 8, 10]
+        fresh = NeuronCache(reader, 10**6)
+        expected = fresh.rows(1, torch.tensor([10, 0, 4, 1, 8]))
+        assert torch.equal(gate_up, expected[0]) and torch.equal(down, expected[1])
+        assert fresh.stats.reads_issued == 4 and fresh.stats.bytes_read == 5 * RECORD
+
+
+@pytest.mark.parametrize("read_threads", [1, 3])
+def test_coalesced_reads_split_at_the_iovec_limit_and_stay_exact(bundle, monkeypatch, read_threads):
+    """Reads of more buffers than preadv takes at once are split; the rows still equal the weights."""
+    from plugins.sparse import neuron_cache
+
+    monkeypatch.setattr(neuron_cache, "IOV_MAX", 3)
+    model, folder = bundle
+    generator = torch.Generator().manual_seed(5)
+    with BundleReader(folder / "ffn.bin") as reader:
+        cache = NeuronCache(reader, INDEX + RECORD + 30 * PER_SLOT, window_tokens=2, read_threads=read_threads,
+                            coalesce_gap_bytes=4 * RECORD)
+        assert cache.num_slots == 30 and cache.allocated_bytes() <= INDEX + RECORD + 30 * PER_SLOT
+        for _ in range(10):
+            for layer, ffn_dim in enumerate((24, 40)):
+                ids = torch.randperm(ffn_dim, generator=generator)[:int(torch.randint(1, 25, (1,), generator=generator))]
+                gate_up, down = cache.rows(layer, ids)
+                expected_gate_up, expected_down = dense_rows(model, layer, ids)
+                assert torch.equal(gate_up, expected_gate_up) and torch.equal(down, expected_down)
+        assert cache.stats.evictions > 0
+        cache.close()
+        with pytest.raises(CacheCapacityError, match="coalesce_gap_bytes must be >= 0"):
+            NeuronCache(reader, 10**6, coalesce_gap_bytes=-1)
+
+
 def test_eviction_keeps_the_window_and_drops_older_neurons_first(bundle):
     _, folder = bundle
     with BundleReader(folder / "ffn.bin") as reader:

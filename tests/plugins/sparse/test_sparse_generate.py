@@ -56,6 +56,10 @@ def test_relu_path_in_dram_and_from_disk_gives_the_dense_greedy_text(relu_run, s
            "released (0.0" in line  # the gate rows stay: the relu oracle reads them
     assert "one-token steps" in line and "read from disk per token" in line and "cache hit rate 0." in line
     assert "cost model: " in line and "tokens/s for the weight fetch" in line
+    coalesced, coalesced_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
+                                        f"{{active: relu, bundle: {bundle}, dram_cap: {cap}, window: 3, "
+                                        "coalesce_gap_bytes: 100000}")
+    assert coalesced == dense and "read from disk per token" in coalesced_err
 
 
 def test_predictor_path_decodes_with_a_predictor_file(relu_run, sparse_files, capsys):
@@ -110,6 +114,7 @@ def silu_copy(run, tmp_path):
     ("{active: relu, bundle: BUNDLE, dram_cap: 10}", ["a cap of 10 bytes holds no neuron"]),
     ("[relu]", ["--decoder-options: '[relu]' is not a mapping"]),
     ("{kernel: fast}", ["kernel must be one of auto, fused, torch, got 'fast'"]),
+    ("{active: relu, coalesce_gap_bytes: 4096}", ["coalesce_gap_bytes must be >= 0 and needs bundle: PATH", "got 4096"]),
     ("{active: relu, keep_model_ffn: true}", ["keep_model_ffn goes with bundle: PATH"]),
     ("{active: relu, kernel: fused, bundle: BUNDLE, dram_cap: 1000}", ["kernel: fused computes active neurons from DRAM"]),
 ])
