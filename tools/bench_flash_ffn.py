@@ -7,7 +7,8 @@ weight fetch is timed; the FFN arithmetic is the same for every source and is le
     naive          split file (gate, up, down matrices apart), 3 reads per needed neuron, every token
     naive-bundled  the same loader on the bundled file (3 reads per neuron, but adjacent)
     ours-pread     bundled file, DRAM cache capped at --cap-fraction of the FFN weights, windowing
-                   (--window tokens), runs of consecutive missing neurons in one os.preadv
+                   (--window tokens), runs of consecutive missing neurons in one os.preadv (runs
+                   with gaps up to --coalesce-kb too), readahead off as in the decoder
     ours-mmap      the same cache reading through a read-only mmap instead (warm only: a live
                    mapping keeps the pages it touched cached, so the cold drop cannot evict them)
 
@@ -77,6 +78,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=5, help="windowing: keep neurons of the last k tokens")
     parser.add_argument("--cap-fraction", type=float, default=0.5, help="DRAM cap as a fraction of the FFN weights")
     parser.add_argument("--read-threads", type=int, default=1, help="ours: reads in flight at once (threads)")
+    parser.add_argument("--ours-readahead", action="store_true",
+                        help="ours: leave the kernel's readahead on (the decoder turns it off: POSIX_FADV_RANDOM)")
     parser.add_argument("--coalesce-kb", type=float, default=0.0,
                         help="ours: one read across gaps of unneeded records up to this many KiB (0: runs only)")
     parser.add_argument("--modes", default="warm,cold")
@@ -223,7 +226,9 @@ def main(argv: list[str]) -> int:
         sources = {}
         for name in names:
             path = files["split" if name == "naive" else "bundled"]
-            reader = BundleReader(path, shapes, method="mmap" if name == "ours-mmap" else "pread")
+            # Naive keeps the OS's readahead, as a plain loader would; ours reads as the decoder does.
+            readahead = name.startswith("naive") or args.ours_readahead
+            reader = BundleReader(path, shapes, method="mmap" if name == "ours-mmap" else "pread", readahead=readahead)
             if name.startswith("naive"):
                 sources[name] = (NaiveNeuronLoader(reader), path)
             else:
