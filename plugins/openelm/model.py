@@ -88,7 +88,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, implementation: st
     plain batched matmuls with a hand-written backward (kernels.py), and long ones run SDPA in
     float32 (autocast off, or it would cast them back). Without a backward to come (inference,
     evaluation, the Duo oracle) the fused bf16 kernel is the fast one again: 3x the matmuls at
-    S=256, E=32-64.
+    S=256, E=64.
     """
     grouped = k.shape[1] != q.shape[1]
     if implementation == "matmul":
