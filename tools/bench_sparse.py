@@ -45,27 +45,18 @@ from toolkit.cli.common import run_cli
 from toolkit.files import atomic_write_text
 
 
-def copy_bandwidth(megabytes: int, repeats: int = 5) -> float:
-    """Bytes read per second by the best of `repeats` copies of a `megabytes` float32 tensor."""
+def bandwidths(megabytes: int, repeats: int = 5) -> tuple[float, float]:
+    """Bytes read per second over a `megabytes` float32 tensor, the best of `repeats` each: by a
+    copy (which also writes as much) and by a sum (a pure read)."""
     source = torch.randn(megabytes * 2**20 // 4)
     target = torch.empty_like(source)
-    best = float("inf")
+    best = {"copy": float("inf"), "read": float("inf")}
     for _ in range(repeats):
-        start = time.perf_counter()
-        target.copy_(source)
-        best = min(best, time.perf_counter() - start)
-    return source.numel() * 4 / best
-
-
-def read_bandwidth(megabytes: int, repeats: int = 5) -> float:
-    """Bytes read per second by the best of `repeats` sums over a `megabytes` float32 tensor."""
-    source = torch.randn(megabytes * 2**20 // 4)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        source.sum()
-        best = min(best, time.perf_counter() - start)
-    return source.numel() * 4 / best
+        for name, operation in (("copy", lambda: target.copy_(source)), ("read", source.sum)):
+            start = time.perf_counter()
+            operation()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return source.numel() * 4 / best["copy"], source.numel() * 4 / best["read"]
 
 
 def decode_seconds_per_token(model, prompt: torch.Tensor, new_tokens: int, after_prefill=None) -> float:
@@ -156,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         predictors = load_predictors(Path(arguments.predictors), model, arguments.threshold)
         arguments.predictor_rank = predictors[0].down.weight.shape[0]
     else:
-        config = PredictorConfig(arguments.predictor_rank, arguments.threshold or 0.3, arguments.predictor_steps)
+        config = PredictorConfig(arguments.predictor_rank, 0.3 if arguments.threshold is None else arguments.threshold,
+                                 arguments.predictor_steps)
         predictors = fit_predictors(model, train_ids, config)
     inputs, activations, logits = record_ffn(model, val_ids)
     scores = [precision_recall(p.predict(h), a != 0) for p, h, a in zip(predictors, inputs, activations)]
@@ -177,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(arguments.rounds):  # modes interleaved so machine noise hits each alike
         for name, decoder in modes.items():
             timings[name].append(decode_seconds_per_token(decoder, prompt, arguments.new_tokens))
+    copy_rate, read_rate = bandwidths(arguments.copy_mb)
     result = {"model": str(loaded.checkpoint_dir), "threads": arguments.threads,
-              "copy_bandwidth_gb_s": copy_bandwidth(arguments.copy_mb) / 1e9,
-              "read_bandwidth_gb_s": read_bandwidth(arguments.copy_mb) / 1e9, "modes": {}}
+              "copy_bandwidth_gb_s": copy_rate / 1e9, "read_bandwidth_gb_s": read_rate / 1e9, "modes": {}}
     for name, decoder in modes.items():
         seconds = statistics.median(timings[name])
         if name == "dense":
