@@ -158,40 +158,37 @@ class NeuronCache:
         self.stats.window_evictions += int((evicted & in_window).sum())
         self.neuron_to_slot[owners[evicted]] = -1
         # Reads: [start, end) index ranges into missing_ids, split where the gap is too wide.
-        record_bytes, slot_bytes, view = self.record_bytes[layer], self.slot_bytes, self.buffer_view
+        record_bytes = self.record_bytes[layer]
         gaps = np.diff(missing_ids) - 1  # [m - 1] records between consecutive missing ids
         breaks = (np.flatnonzero(gaps > self.coalesce_gap_bytes // record_bytes) + 1).tolist()
-        ids, starts = missing_ids.tolist(), (victims * slot_bytes).tolist()
+        ids, starts = missing_ids.tolist(), (victims * self.slot_bytes).tolist()
         reads = []  # (first neuron, destination buffers) per read
         for start, end in zip([0, *breaks], [*breaks, count]):
-            if ids[end - 1] - ids[start] == end - 1 - start:  # consecutive ids: no gap records
-                for chunk in range(start, end, IOV_MAX):
-                    chunk_end = min(chunk + IOV_MAX, end)
-                    reads.append((ids[chunk], [view[first:first + record_bytes] for first in starts[chunk:chunk_end]]))
-            else:
-                reads.extend(self._gapped_reads(ids[start:end], starts[start:end], record_bytes))
+            reads.extend(self._run_reads(ids[start:end], starts[start:end], record_bytes))
         self.stats.reads_issued += len(reads)
-        self.stats.bytes_read += (sum(len(buffers) for _, buffers in reads) - count) * record_bytes  # the dropped
+        self.stats.bytes_read += sum(len(buffers) for _, buffers in reads) * record_bytes  # the dropped ones too
         if self.read_pool is None or len(reads) == 1:
             self._read_all(layer, reads)
         else:  # one batch of reads per thread, not one task per read: a task costs tens of microseconds
             batches = [reads[index::self.read_threads] for index in range(self.read_threads)]
             for future in [self.read_pool.submit(self._read_all, layer, batch) for batch in batches if batch]:
                 future.result()
-        self.stats.bytes_read += count * record_bytes
         global_ids = missing_ids + self.layer_base[layer]
         self.neuron_to_slot[global_ids] = victims
         self.slot_owner[victims] = global_ids
 
-    def _gapped_reads(self, ids: list[int], starts: list[int], record_bytes: int) -> list:
+    def _run_reads(self, ids: list[int], starts: list[int], record_bytes: int) -> list:
         """Reads covering ids[0] .. ids[-1] (sorted): wanted records into their slots at `starts`,
-        the records between them into the scratch record, at most IOV_MAX buffers per read."""
+        the records between them (if any) into the scratch record, at most IOV_MAX buffers per read."""
         scratch, view = self.scratch_view[:record_bytes], self.buffer_view
-        buffers = []
-        for index, (neuron, first) in enumerate(zip(ids, starts)):
-            if index:
-                buffers.extend([scratch] * (neuron - ids[index - 1] - 1))
-            buffers.append(view[first:first + record_bytes])
+        if ids[-1] - ids[0] == len(ids) - 1:  # consecutive: the common case, no gaps to fill
+            buffers = [view[first:first + record_bytes] for first in starts]
+        else:
+            buffers = []
+            for index, (neuron, first) in enumerate(zip(ids, starts)):
+                if index:
+                    buffers.extend([scratch] * (neuron - ids[index - 1] - 1))
+                buffers.append(view[first:first + record_bytes])
         return [(ids[0] + chunk, buffers[chunk:chunk + IOV_MAX]) for chunk in range(0, len(buffers), IOV_MAX)]
 
     def _read_all(self, layer: int, reads: list) -> None:
