@@ -34,7 +34,7 @@ import torch
 from plugins.lm.loading import run_sequences
 from plugins.openelm.kernels import gated_activation
 from plugins.sparse.evaluator import fit_predictors
-from plugins.sparse.fused_ffn import FusedPredictedPattern, FusedSparseFFN, available as fused_available
+from plugins.sparse.fused_ffn import FusedPredictedPattern, FusedSparseFFN, available as fused_available, bundle_layer
 from plugins.sparse.predictor import PredictedPattern, PredictorConfig, precision_recall
 from plugins.sparse.predictor_file import load_predictors
 from plugins.sparse.provider import DramRowProvider
@@ -111,7 +111,7 @@ def ffn_micro(width: int, ffn_dim: int, fractions: list[float], repeats: int) ->
 
         rows.append({"active_fraction": fraction, "seconds": timed(sparse), "mode": "gathered"})
         if fused_available():
-            kernel = FusedSparseFFN([(fused, down)], shift=0.0)
+            kernel = FusedSparseFFN([bundle_layer(fused, down)], shift=0.0)
             rows.append({"active_fraction": fraction, "mode": "fused",
                          "seconds": timed(lambda ids=ids: kernel(0, hidden, ids))})
     dense_seconds = rows[0]["seconds"]

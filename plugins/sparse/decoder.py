@@ -9,10 +9,11 @@ Options (SparseDecodingConfig): which neurons each token computes (`active`: rel
 pattern read off the gate, predictor = a predictor file's guess, all = the dense FFN), and where
 their weights come from: the model in DRAM, or with `bundle` a row-column-bundled file
 (bundle.py; write one with `python -m plugins.sparse.write_bundle RUN PATH`) through a DRAM
-neuron cache capped at `dram_cap` bytes keeping the last `window` tokens' neurons. In DRAM,
-`kernel` picks how one token's active neurons are computed: `fused` (fused_ffn.py: in place from
-a neuron-major copy of the FFN, compiled by numba), `torch` (gather the rows, then two matmuls),
-or `auto` (fused where numba is installed and the model is a float32 relu model on the CPU).
+neuron cache capped at `dram_cap` bytes keeping the last `window` tokens' neurons. `kernel` picks
+how one token's active neurons are computed: `fused` (fused_ffn.py, compiled by numba: in place
+from a neuron-major copy of the FFN in DRAM, or with a bundle from the cache's slots, where the
+reads landed), `torch` (gather the rows, then two matmuls), or `auto` (fused where numba is
+installed and the model is a float32 relu model on the CPU).
 
 The wrapper keeps OpenELM's interface (`forward`, `make_cache`, `forward_step`). Steps of one
 token are timed and counted (FFN neurons gathered, the cache's reads and hits); `decoding_report()`
@@ -72,9 +73,8 @@ class SparseDecodingConfig:
             raise ValueError(f"active must be one of {', '.join(ACTIVE_SETS)}, got {self.active!r}")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
-        if self.kernel == "fused" and (self.bundle or self.active == "all"):
-            raise ValueError("kernel: fused computes active neurons from DRAM; it goes with active: relu or "
-                             "predictor and no bundle")
+        if self.kernel == "fused" and self.active == "all":
+            raise ValueError("kernel: fused computes the active neurons; it goes with active: relu or predictor")
         if self.active == "predictor" and not self.predictors:
             raise ValueError("active: predictor needs predictors: PATH (a file relu_stats save_predictors= wrote)")
         if self.predictors and self.active != "predictor":
@@ -241,7 +241,7 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
     if config.active == "relu" and model.config.ffn_activation == "silu":
         raise RecipeError(f"{WHERE}: active: relu needs a relufied model, and this one's FFN uses silu, which is "
                           "never exactly zero", hint="fine-tune it with sparse/relufy_tiny.yaml, or use active: all")
-    fused = fused_kernel(config, model)
+    fused = fused_kernel(config, model)  # bundled in DRAM, or None (with a bundle file: decided below)
     if config.active == "predictor":
         predictors = load_predictors(Path(config.predictors), model, config.threshold or None)
         source = FusedPredictedPattern(predictors) if fused else PredictedPattern(predictors)
@@ -253,10 +253,13 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
         described = "active=relu (oracle: reads every gate row)" if config.active == "relu" else "active=all"
     cache = open_neuron_cache(config, model) if config.bundle else None
     if cache is not None:
+        fused = cache_kernel(config, model, cache)
         described += f", FFN weights from {config.bundle} under a {config.dram_cap}-byte DRAM cap, window {config.window}"
         if not config.keep_model_ffn:
             freed = release_ffn_weights(model, keep_gate=config.active == "relu")
             described += f", the model's own FFN weights released ({freed / 1e6:.3f} MB)"
+        described += ", one-token steps by the " + ("fused kernel on the cache's slots (numba)" if fused
+                                                    else "torch gather")
     elif config.active != "all":
         described += ", FFN weights in DRAM, one-token steps by the " + ("fused gather (numba)" if fused else "torch gather")
     else:
@@ -294,15 +297,30 @@ def _released(module: nn.Module, inputs) -> None:
 
 
 def fused_kernel(config: SparseDecodingConfig, model: OpenELM) -> FusedSparseFFN | None:
-    """The fused kernel when `kernel` asks for it (an error if it cannot run) or allows it (auto)."""
+    """The fused kernel over DRAM bundles when `kernel` asks for it (an error if it cannot run) or
+    allows it (auto); None with a bundle file (`cache_kernel` then decides)."""
     if config.kernel == "torch" or config.bundle or config.active == "all":
         return None
-    weight = model.layers[0].ffn.proj_1.weight
-    if FusedSparseFFN.supports(weight, model.config.ffn_activation):
+    if _fused_runs(config, model):
         return FusedSparseFFN.from_model(model)
+    return None
+
+
+def cache_kernel(config: SparseDecodingConfig, model: OpenELM, cache: NeuronCache) -> FusedSparseFFN | None:
+    """The fused kernel over the neuron cache's slots, on the same terms as `fused_kernel`."""
+    if config.kernel == "torch" or not _fused_runs(config, model):
+        return None
+    return FusedSparseFFN.from_cache(cache, model)
+
+
+def _fused_runs(config: SparseDecodingConfig, model: OpenELM) -> bool:
+    """Whether the fused kernel can run this model; `kernel: fused` where it cannot is an error."""
+    weight = model.layers[0].ffn.proj_1.weight  # the gate rows survive a release; its dtype is the bundle's
+    if FusedSparseFFN.supports(weight, model.config.ffn_activation):
+        return True
     if config.kernel == "fused":
         why = ("numba is not installed (pip install 'toolkit[sparse]')" if not fused_available() else
                f"it runs float32 relu FFNs on the CPU, and this model's are {str(weight.dtype).removeprefix('torch.')} "
                f"{model.config.ffn_activation} on {weight.device.type}")
         raise RecipeError(f"{WHERE}: kernel: fused cannot run: {why}", hint="use kernel: torch or auto")
-    return None
+    return False

@@ -44,7 +44,7 @@ def available() -> bool:
     return numba is not None
 
 
-def _gathered_ffn(bundle: np.ndarray, neuron_ids: np.ndarray, hidden: np.ndarray, shift: np.float32,
+def gathered_ffn(bundle: np.ndarray, neuron_ids: np.ndarray, hidden: np.ndarray, shift: np.float32,
                   out: np.ndarray) -> np.ndarray:
     """out [D] = sum over i in neuron_ids of relu(<gate_i, h> - shift) * <up_i, h> * down_i.
 
@@ -98,7 +98,7 @@ def _predicted_ids(down: np.ndarray, up_transposed: np.ndarray, bias: np.ndarray
 
 if numba is not None:
     # cache=True keeps the compiled code in __pycache__, so only the first run on a machine compiles
-    _gathered_ffn = numba.njit(fastmath=True, nogil=True, cache=True)(_gathered_ffn)
+    gathered_ffn = numba.njit(fastmath=True, nogil=True, cache=True)(gathered_ffn)
     _predicted_ids = numba.njit(fastmath=True, nogil=True, cache=True)(_predicted_ids)
 
 
@@ -117,26 +117,38 @@ def bundle_layer(fused_gate_up: torch.Tensor, down: torch.Tensor) -> np.ndarray:
 
 
 class FusedSparseFFN:
-    """One token's FFN over chosen neurons, per layer, from bundles built once from the model's weights.
+    """One token's FFN over chosen records, per layer, from neuron-major bundles [N, 3D] float32.
 
-    Holds a float32 copy of every FFN in the bundled layout (as much memory again as the FFN weights).
+    `from_model` builds the bundles once from the model's weights: a float32 copy of every FFN (as
+    much memory again as the FFN weights), indexed by neuron id. `from_cache` reads a NeuronCache's
+    slots in place instead (every layer shares the one slot matrix, indexed by slot): weights
+    served from disk are then computed where they were read to, with no gathered copy.
     """
 
-    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], shift: float) -> None:
-        """pairs: per layer (fused gate/up weight [2F, D], down-projection weight [D, F]); shift: b of relu(g - b)."""
+    def __init__(self, bundles: list[np.ndarray], shift: float) -> None:
+        """bundles: per layer the records [N, >= 3D] float32 the ids of a call index; shift: b of relu(g - b)."""
         if not available():
             raise RuntimeError("the fused sparse FFN needs numba: pip install 'toolkit[sparse]'")
-        self.bundles = [bundle_layer(fused, down) for fused, down in pairs]
+        self.bundles = bundles
         self.shift = np.float32(shift)
         self.outputs = [np.empty(bundle.shape[1] // 3, dtype=np.float32) for bundle in self.bundles]
         # compile (or load the cached machine code) now, not inside the first timed decoding step
-        _gathered_ffn(self.bundles[0], np.zeros(1, dtype=np.int64), np.zeros(self.outputs[0].shape[0], np.float32),
+        gathered_ffn(self.bundles[0], np.zeros(1, dtype=np.int64), np.zeros(self.outputs[0].shape[0], np.float32),
                       self.shift, self.outputs[0])
 
     @classmethod
     def from_model(cls, model) -> FusedSparseFFN:
-        """The kernel over an OpenELM's FFNs (`model.layers[i].ffn`)."""
-        return cls(ffn_weights(model), model.layers[0].ffn.shift)
+        """The kernel over an OpenELM's FFNs (`model.layers[i].ffn`), bundled in DRAM."""
+        return cls([bundle_layer(fused, down) for fused, down in ffn_weights(model)], model.layers[0].ffn.shift)
+
+    @classmethod
+    def from_cache(cls, cache, model) -> FusedSparseFFN:
+        """The kernel over a float32 NeuronCache's slot records (call it with slots, not neuron ids)."""
+        records = cache.slot_records()  # [S, 3D]
+        kernel = cls([records] * len(model.layers), model.layers[0].ffn.shift)
+        # one output per layer, sized by the layer's own width (the slot rows fit the widest)
+        kernel.outputs = [np.empty(layer.ffn.proj_2.weight.shape[0], dtype=np.float32) for layer in model.layers]
+        return kernel
 
     def down_rows(self) -> list[torch.Tensor]:
         """Per layer the down-projection columns as rows [F, D]: views of the bundles (no copy), for
@@ -149,11 +161,12 @@ class FusedSparseFFN:
         return available() and weight.dtype == torch.float32 and weight.device.type == "cpu" \
             and activation in RELU_ACTIVATIONS
 
-    def __call__(self, layer: int, hidden: torch.Tensor, neuron_ids: torch.Tensor) -> torch.Tensor:
-        """hidden [1, 1, D] float32 and the neurons to compute, int64 [n] -> FFN output [1, 1, D] (a fresh tensor)."""
+    def __call__(self, layer: int, hidden: torch.Tensor, neuron_ids: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """hidden [1, 1, D] float32 and the records to compute, int64 [n] (neuron ids, or a cache's
+        slots) -> FFN output [1, 1, D] (a fresh tensor)."""
         vector = hidden.reshape(-1).contiguous().numpy()  # [D]
-        ids = neuron_ids.numpy()
-        _gathered_ffn(self.bundles[layer], ids, vector, self.shift, self.outputs[layer])
+        ids = neuron_ids.numpy() if isinstance(neuron_ids, torch.Tensor) else neuron_ids
+        gathered_ffn(self.bundles[layer], ids, vector, self.shift, self.outputs[layer])
         return torch.from_numpy(self.outputs[layer].copy()).view(1, 1, -1)  # [1, 1, D]
 
 

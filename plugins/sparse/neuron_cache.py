@@ -13,7 +13,10 @@ that nothing is allocated, copied around or freed while decoding.
 - On a miss, victims are the slots used longest ago: free slots first, then neurons outside the
   window (not used by the last k tokens), and only if the window's neurons do not fit the cap,
   in-window neurons (counted as `window_evictions`; a cap below the window's working set). Slots of
-  the current request are never victims.
+  the current request are never victims. The oldest slots come from a queue sorted now and then,
+  not from a partition of every slot per call (`_victims`).
+- `resident_slots(layer, ids)` makes the neurons resident and names their slots: the fused kernel
+  (fused_ffn.py) computes from `slot_records()` in place. `rows` gathers copies for other callers.
 - Missing neurons are read sorted by id; a run of consecutive ids is one `os.preadv` that scatters
   the run's records straight into their (arbitrary) slots, so no read is copied twice.
 - With `coalesce_gap_bytes`, two runs are one read when the records between them take at most
@@ -66,7 +69,8 @@ class NeuronCache:
         total_neurons = int(self.layer_base[-1])
         scratch_bytes = self.slot_bytes if coalesce_gap_bytes else 0  # where skipped records land
         fixed = self.layer_base.nbytes + 4 * total_neurons + scratch_bytes
-        per_slot = self.slot_bytes + 4 + 8 + 8  # the record, slot_owner, slot_step, slot_token
+        # the record, slot_owner, slot_step, slot_token, and a place in the victim queue (slot, step)
+        per_slot = self.slot_bytes + 4 + 8 + 8 + 4 + 8
         self.num_slots = min(max((self.cap_bytes - fixed) // per_slot, 0), total_neurons)
         if self.num_slots < 1:
             raise CacheCapacityError(f"a cap of {self.cap_bytes} bytes holds no neuron "
@@ -75,6 +79,9 @@ class NeuronCache:
         self.slot_owner = np.full(self.num_slots, -1, dtype=np.int32)
         self.slot_step = np.full(self.num_slots, -1, dtype=np.int64)  # -1: free, evicted first
         self.slot_token = np.full(self.num_slots, -1, dtype=np.int64)
+        self.victim_queue = np.zeros(self.num_slots, dtype=np.int32)  # slots, oldest first (see _victims)
+        self.queued_steps = np.zeros(self.num_slots, dtype=np.int64)  # their steps when queued
+        self.queue_length = self.queue_position = 0
         self.buffer = torch.empty(self.num_slots, self.slot_bytes, dtype=torch.uint8)  # [S, slot_bytes]
         # The same memory as one flat byte view: slicing it for preadv's destinations costs ~0.1 us.
         self.buffer_view = memoryview(self.buffer.numpy()).cast("B")
@@ -113,6 +120,18 @@ class NeuronCache:
 
     def rows(self, layer: int, neuron_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gate_up_rows [2n, D], down_rows [n, D]) for neuron_ids [n], loading what is not resident."""
+        slots = self.resident_slots(layer, neuron_ids)  # [n]
+        count = slots.size
+        gate, up, down = self.typed_parts[layer]  # [S, D] each
+        slot_index = torch.from_numpy(slots)  # [n]
+        gate_up = torch.empty(2, count, gate.shape[1], dtype=gate.dtype)  # [2, n, D]
+        torch.index_select(gate, 0, slot_index, out=gate_up[0])
+        torch.index_select(up, 0, slot_index, out=gate_up[1])
+        return gate_up.view(2 * count, -1), torch.index_select(down, 0, slot_index)
+
+    def resident_slots(self, layer: int, neuron_ids: torch.Tensor) -> np.ndarray:
+        """The slots (int64 [n], in neuron_ids order) holding neuron_ids [n] of `layer`, loading what
+        is not resident: a kernel that reads `slot_records()` in place needs no gathered copy."""
         ffn_dim = self.reader.layers[layer].ffn_dim
         ids = neuron_ids.to(torch.int64).flatten().numpy()  # [n]
         count = ids.size
@@ -139,43 +158,77 @@ class NeuronCache:
             self.stats.hits += count
         self.slot_step[slots] = self.step
         self.slot_token[slots] = self.clock.token
-        gate, up, down = self.typed_parts[layer]  # [S, D] each
-        slot_index = torch.from_numpy(slots)  # [n]
-        gate_up = torch.empty(2, count, gate.shape[1], dtype=gate.dtype)  # [2, n, D]
-        torch.index_select(gate, 0, slot_index, out=gate_up[0])
-        torch.index_select(up, 0, slot_index, out=gate_up[1])
-        return gate_up.view(2 * count, -1), torch.index_select(down, 0, slot_index)
+        return slots
+
+    def slot_records(self) -> np.ndarray:
+        """Every slot as one record [S, R] in the file's dtype (float32 or float16: numpy has no
+        bfloat16), the cache's own memory, no copy: a neuron of layer l occupies the first 3 D_l
+        values of its slot's row (gate row | up row | down column), R = 3 x the widest D."""
+        return self.buffer.view(self.reader.dtype).numpy()
 
     def _load(self, layer: int, missing_ids: np.ndarray) -> None:
         """Read the sorted, absent `missing_ids` of `layer` into the least recently used slots."""
         count = missing_ids.size
-        victims = np.argpartition(self.slot_step, count - 1)[:count] if count < self.num_slots \
-            else np.arange(self.num_slots)  # [m]
+        victims = self._victims(count)  # [m]
         owners = self.slot_owner[victims]
         evicted = owners >= 0
         self.stats.evictions += int(evicted.sum())
         in_window = self.slot_token[victims] > self.clock.token - self.window_tokens
         self.stats.window_evictions += int((evicted & in_window).sum())
         self.neuron_to_slot[owners[evicted]] = -1
-        # Reads: [start, end) index ranges into missing_ids, split where the gap is too wide.
+        # Runs: [start, end) index ranges into missing_ids, split where the gap is too wide.
         record_bytes = self.record_bytes[layer]
         gaps = np.diff(missing_ids) - 1  # [m - 1] records between consecutive missing ids
-        breaks = (np.flatnonzero(gaps > self.coalesce_gap_bytes // record_bytes) + 1).tolist()
+        breaks = np.flatnonzero(gaps > self.coalesce_gap_bytes // record_bytes) + 1
+        run_starts, run_ends = np.concatenate(([0], breaks)), np.concatenate((breaks, [count]))  # [r] each
+        spans = missing_ids[run_ends - 1] - missing_ids[run_starts] + 1  # [r] records each run reads
+        self.stats.reads_issued += int((-(-spans // IOV_MAX)).sum())
+        self.stats.bytes_read += int(spans.sum()) * record_bytes  # the dropped records too
         ids, starts = missing_ids.tolist(), (victims * self.slot_bytes).tolist()
-        reads = []  # (first neuron, destination buffers) per read
-        for start, end in zip([0, *breaks], [*breaks, count]):
-            reads.extend(self._run_reads(ids[start:end], starts[start:end], record_bytes))
-        self.stats.reads_issued += len(reads)
-        self.stats.bytes_read += sum(len(buffers) for _, buffers in reads) * record_bytes  # the dropped ones too
-        if self.read_pool is None or len(reads) == 1:
-            self._read_all(layer, reads)
-        else:  # one batch of reads per thread, not one task per read: a task costs tens of microseconds
-            batches = [reads[index::self.read_threads] for index in range(self.read_threads)]
-            for future in [self.read_pool.submit(self._read_all, layer, batch) for batch in batches if batch]:
+        runs = list(zip(run_starts.tolist(), run_ends.tolist()))
+        if self.read_pool is None or len(runs) == 1:
+            self._read_runs(layer, ids, starts, runs)
+        else:  # one batch of runs per thread, not one task per read: a task costs tens of microseconds.
+            # Each thread builds its own reads' buffers, so that Python work overlaps other threads' waits.
+            batches = [runs[index::self.read_threads] for index in range(self.read_threads)]
+            for future in [self.read_pool.submit(self._read_runs, layer, ids, starts, batch)
+                           for batch in batches if batch]:
                 future.result()
         global_ids = missing_ids + self.layer_base[layer]
         self.neuron_to_slot[global_ids] = victims
         self.slot_owner[victims] = global_ids
+
+    def _victims(self, count: int) -> np.ndarray:
+        """The `count` least recently used slots (int64 [count]), free ones first.
+
+        A partition of every slot's step per call would cost a few hundred microseconds per layer,
+        so the oldest K slots are partitioned out and sorted once (K = count, or an eighth of the
+        slots if more) and served in order over the following calls. An entry whose slot was used
+        since (its step changed) is skipped: it is no longer old. The rest stay the oldest of all,
+        since every slot outside the queue was at least as new when it was built, and steps only grow.
+        """
+        if count >= self.num_slots:
+            return np.arange(self.num_slots)
+        queued = self.victim_queue[self.queue_position:self.queue_length]  # [q]
+        still_old = np.flatnonzero(self.slot_step[queued] == self.queued_steps[self.queue_position:self.queue_length])
+        if still_old.size >= count:
+            taken = still_old[:count]
+            self.queue_position += int(taken[-1]) + 1  # entries before it: taken, or used since
+            return queued[taken].astype(np.int64)
+        size = min(self.num_slots, max(count, self.num_slots // 8))
+        oldest = np.argpartition(self.slot_step, size - 1)[:size] if size < self.num_slots else np.arange(self.num_slots)
+        oldest = oldest[np.argsort(self.slot_step[oldest], kind="stable")]  # [K], oldest first
+        self.victim_queue[:size] = oldest
+        self.queued_steps[:size] = self.slot_step[oldest]
+        self.queue_length, self.queue_position = size, count
+        return oldest[:count].astype(np.int64)
+
+    def _read_runs(self, layer: int, ids: list[int], starts: list[int], runs: list[tuple[int, int]]) -> None:
+        """Issue the reads of runs [(start, end)] of ids (sorted neuron ids) into slots at byte `starts`."""
+        record_bytes = self.record_bytes[layer]
+        for start, end in runs:
+            for first_neuron, destinations in self._run_reads(ids[start:end], starts[start:end], record_bytes):
+                self.reader.read_records_into(layer, first_neuron, destinations)
 
     def _run_reads(self, ids: list[int], starts: list[int], record_bytes: int) -> list:
         """Reads covering ids[0] .. ids[-1] (sorted): wanted records into their slots at `starts`,
@@ -190,10 +243,6 @@ class NeuronCache:
                     buffers.extend([scratch] * (neuron - ids[index - 1] - 1))
                 buffers.append(view[first:first + record_bytes])
         return [(ids[0] + chunk, buffers[chunk:chunk + IOV_MAX]) for chunk in range(0, len(buffers), IOV_MAX)]
-
-    def _read_all(self, layer: int, reads: list) -> None:
-        for first_neuron, destinations in reads:
-            self.reader.read_records_into(layer, first_neuron, destinations)
 
     def close(self) -> None:
         """Stop the read threads (if any); the cache's memory goes with the object."""

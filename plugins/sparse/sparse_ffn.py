@@ -15,7 +15,9 @@ each token's own mask zeroes the rest, so each token still sees exactly its own 
 When every neuron is active the model's own dense FFN runs instead of a full gather: identical
 results (the test's "all predicted active equals dense exactly") and no copy. With a
 `FusedSparseFFN` (fused_ffn.py, numba), a single token's active neurons are computed in place
-from a neuron-major bundle instead of gathered and multiplied.
+from a neuron-major bundle instead of gathered and multiplied; with a NeuronCache as the
+provider, that bundle is the cache's own slot matrix (`resident_slots` loads what is missing and
+names the slots), so weights read from disk are used where they landed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from plugins.openelm.kernels import gated_activation
 from plugins.openelm.model import OpenELM
 from plugins.sparse.fused_ffn import FusedSparseFFN
+from plugins.sparse.neuron_cache import NeuronCache
 from plugins.sparse.provider import DramRowProvider, RowProvider
 
 
@@ -77,7 +80,8 @@ class SparseFFN:
 
     Counts the neurons whose rows it gathered (`neurons_read`) and the FFN calls, so a benchmark
     can report bytes read per token. With `fused`, one-token steps run the fused kernel on its
-    bundles (the provider then serves only steps of several tokens: prefills, batches).
+    bundles (the provider then serves only steps of several tokens: prefills, batches); when the
+    provider is a NeuronCache, `fused` must be its `FusedSparseFFN.from_cache`, called with slots.
     """
 
     def __init__(self, model: OpenELM, source: ActiveSetSource, provider: RowProvider | None = None,
@@ -88,6 +92,7 @@ class SparseFFN:
             provider = DramRowProvider.from_layers(model.layers, fused.down_rows() if fused is not None else None)
         self.provider = provider
         self.fused = fused
+        self.reads_slots = fused is not None and isinstance(provider, NeuronCache)
         self.lists_ids = isinstance(source, ListsActiveIds)  # checked once: a Protocol check is not free per call
         self.neurons_read = 0
         self.dense_calls = 0
@@ -125,6 +130,8 @@ class SparseFFN:
             self.dense_calls += 1  # every neuron: the dense FFN, exactly
             return self.model.layers[layer].ffn.step(hidden)
         self.neurons_read += neuron_ids.numel()
+        if self.reads_slots:  # the cache's slot matrix is the bundle: compute where the rows were read to
+            return self.fused(layer, hidden, self.provider.resident_slots(layer, neuron_ids))  # [1, 1, D]
         return self.fused(layer, hidden, neuron_ids)  # [1, 1, D]
 
 

@@ -3,6 +3,7 @@ windowing, and the reads each issues."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from toolkit.cli.common import run_cli
 
 RECORD = 3 * 16 * 4  # one neuron of width 16 in float32: gate row, up row, down column
 INDEX = 8 * 3 + 4 * (24 + 40)  # layer_base [L + 1] int64 and neuron_to_slot [all neurons] int32
-PER_SLOT = RECORD + 4 + 8 + 8  # the record, its owner, last step and last token
+PER_SLOT = RECORD + 4 + 8 + 8 + 4 + 8  # the record, its owner, last step and last token, its victim-queue place
 
 
 @pytest.fixture
@@ -184,3 +185,29 @@ def test_naive_loader_reads_three_parts_per_neuron_every_token(bundle, layout):
         summary = naive.stats.summary()
     assert (summary["tokens"], summary["reads_issued"], summary["bytes_read"]) == (2, 24, 8 * RECORD)
     assert summary["mean_read_bytes"] == RECORD / 3 and summary["hits"] == 0
+
+
+def test_victims_are_always_the_least_recently_used_slots(bundle):
+    """The victim queue (built now and then, served over several calls) gives what a fresh sort would."""
+    _, folder = bundle
+    generator = np.random.default_rng(0)
+    with BundleReader(folder / "ffn.bin") as reader:
+        cache = NeuronCache(reader, INDEX + 64 * PER_SLOT)
+        assert cache.num_slots == 64
+        cache.slot_step[:] = generator.permutation(64)  # distinct steps: one right answer
+        step = 64
+        rebuilt = 0
+        for _ in range(300):
+            for slot in generator.choice(64, int(generator.integers(0, 6)), replace=False):  # slots used since
+                step += 1
+                cache.slot_step[slot] = step
+            count = int(generator.integers(1, 12))
+            expected = np.sort(np.argsort(cache.slot_step)[:count])
+            position = cache.queue_position
+            victims = cache._victims(count)
+            rebuilt += cache.queue_position <= position
+            assert np.array_equal(np.sort(victims), expected)
+            for slot in victims:  # what a load does: the victims now hold this step's neurons
+                step += 1
+                cache.slot_step[slot] = step
+        assert 0 < rebuilt < 300  # the queue was both rebuilt and served from

@@ -111,3 +111,37 @@ def test_every_neuron_predicted_active_through_the_fused_path_is_the_dense_ffn_e
                            fused=FusedSparseFFN.from_model(model))
     assert torch.equal(decode_logits(sparse, ids, prefill=5), decode_logits(model, ids, prefill=5))
     assert sparse.sparse_ffn.neurons_read == 0 and sparse.sparse_ffn.dense_calls > 0
+
+
+def cache_decoder(model, folder, source_class, cap_fraction: float):
+    """A SparseOpenELM reading a bundle through a NeuronCache capped below the FFN, with the kernel on its slots."""
+    from plugins.sparse.bundle import BundleReader, write_bundle
+    from plugins.sparse.neuron_cache import NeuronCache
+
+    write_bundle(model, folder / "ffn.bundle")
+    reader = BundleReader(folder / "ffn.bundle")
+    record = 3 * TINY["model_dim"] * 4
+    total = sum(layer.widths.ffn_dim for layer in model.layers)
+    cache = NeuronCache(reader, cap_bytes=int(cap_fraction * total) * record, window_tokens=2)
+    kernel = FusedSparseFFN.from_cache(cache, model)
+    assert np.shares_memory(kernel.bundles[0], cache.buffer.numpy())  # the slots themselves, no copy
+    return SparseOpenELM(model, source_class(model), cache, fused=kernel), cache
+
+
+@pytest.mark.parametrize("options", RELU_MODELS)
+def test_the_kernel_on_the_cache_slots_equals_dense_under_eviction(options, tmp_path):
+    model = tiny_openelm(**options)
+    ids = prompt(16)
+    dense = decode_logits(model, ids, prefill=1)
+    sparse, cache = cache_decoder(model, tmp_path, TruePattern, cap_fraction=0.8)
+    torch.testing.assert_close(decode_logits(sparse, ids, prefill=1), dense, rtol=0, atol=2e-5)
+    assert sparse.sparse_ffn.reads_slots and sparse.sparse_ffn.neurons_read > 0
+    assert cache.stats.evictions > 0 and cache.stats.hits > 0  # slots were reused for other neurons
+
+
+def test_the_kernel_on_the_cache_slots_with_a_dropped_neuron_fails_the_tolerance(tmp_path):
+    model = tiny_openelm(ffn_activation="relu")
+    ids = prompt(16)
+    dense = decode_logits(model, ids, prefill=1)
+    wrong, _ = cache_decoder(model, tmp_path, DropStrongest, cap_fraction=0.8)
+    assert not torch.allclose(decode_logits(wrong, ids, prefill=1), dense, rtol=0, atol=2e-5)

@@ -51,7 +51,7 @@ def test_perplexity_is_scored_on_the_decoding_path(relu_run, sparse_files, tmp_p
     assert note.startswith("sparse decoding (active=relu (oracle: reads every gate row), FFN weights from "
                            f"{bundle} under a {cap}-byte DRAM cap, window 5, the model's own FFN weights released "
                            "(0.0")  # the tiny run's up rows and down columns; its gate rows stay for the oracle
-    assert "MB)); 32 one-token steps in " in note
+    assert "MB), one-token steps by the fused kernel on the cache's slots (numba)); 32 one-token steps in " in note
     assert "read from disk per token" in note and "cache hit rate 0." in note and "cost model" in note
 
 

@@ -50,16 +50,20 @@ def test_relu_path_in_dram_and_from_disk_gives_the_dense_greedy_text(relu_run, s
     disk, disk_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
                               f"{{active: relu, bundle: {bundle}, dram_cap: {cap}, window: 3}}")
     assert disk == dense
-    assert f"warning: --decoder-options: dram_cap {cap} holds 101 neurons, fewer than layer 1's 128" in disk_err
+    assert f"warning: --decoder-options: dram_cap {cap} holds 98 neurons, fewer than layer 1's 128" in disk_err
     line = disk_err.strip().splitlines()[-1]
     assert f"FFN weights from {bundle} under a {cap}-byte DRAM cap, window 3, the model's own FFN weights " \
            "released (0.0" in line  # the gate rows stay: the relu oracle reads them
-    assert "one-token steps" in line and "read from disk per token" in line and "cache hit rate 0." in line
+    assert ", one-token steps by the fused kernel on the cache's slots (numba)); " in line
+    assert "read from disk per token" in line and "cache hit rate 0." in line
     assert "cost model: " in line and "tokens/s for the weight fetch" in line
     coalesced, coalesced_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
                                         f"{{active: relu, bundle: {bundle}, dram_cap: {cap}, window: 3, "
                                         "coalesce_gap_bytes: 100000}")
     assert coalesced == dense and "read from disk per token" in coalesced_err
+    gathered, gathered_err = generate(relu_run, capsys, "--decoder", "sparse", "--decoder-options",
+                                      f"{{active: relu, bundle: {bundle}, dram_cap: {cap}, kernel: torch}}")
+    assert gathered == dense and ", one-token steps by the torch gather); " in gathered_err
 
 
 def test_predictor_path_decodes_with_a_predictor_file(relu_run, sparse_files, capsys):
@@ -116,7 +120,7 @@ def silu_copy(run, tmp_path):
     ("{kernel: fast}", ["kernel must be one of auto, fused, torch, got 'fast'"]),
     ("{active: relu, coalesce_gap_bytes: 4096}", ["coalesce_gap_bytes must be >= 0 and needs bundle: PATH", "got 4096"]),
     ("{active: relu, keep_model_ffn: true}", ["keep_model_ffn goes with bundle: PATH"]),
-    ("{active: relu, kernel: fused, bundle: BUNDLE, dram_cap: 1000}", ["kernel: fused computes active neurons from DRAM"]),
+    ("{active: all, kernel: fused}", ["kernel: fused computes the active neurons", "active: relu or predictor"]),
 ])
 def test_bad_sparse_options_are_one_line(relu_run, sparse_files, tmp_path, capsys, options, fragments):
     options = options.replace("MISSING", str(tmp_path / "none.bundle")).replace("BUNDLE", str(sparse_files[0]))
