@@ -12,6 +12,11 @@ weight fetch is timed; the FFN arithmetic is the same for every source and is le
     ours-mmap      the same cache reading through a read-only mmap instead (warm only: a live
                    mapping keeps the pages it touched cached, so the cold drop cannot evict them)
 
+With --compute, each source also computes the token's FFN output over those neurons with the
+fused kernel (fused_ffn.py; numba), on one fixed random input per layer, and that is timed too:
+ours computes in place from the cache's slots (`resident_slots`, no gathered copy), naive from
+the records it read into a reused buffer (`records`); the two outputs must agree exactly.
+
 Warm, the sources run in lockstep, token by token, the order rotating, so load changes on a
 shared machine hit them alike; cold, one after another (readahead one source leaves in flight
 would slow the next). The speedup is printed as a ratio of steady-state means and as the median
@@ -23,7 +28,9 @@ would see; mincore reports how much stayed cached). Weights are random (I/O does
 activation patterns are synthesized with a stated sparsity and overlap (activation_patterns.py)
 unless --patterns names recorded ones, or --record-from RUN records them: a relufied run reads
 its own validation text and each token's true ReLU pattern (activation != 0) is the request; then
-the files hold that run's real weights (--save-patterns keeps the patterns as an .npz). A cost
+the files hold that run's real weights (--save-patterns keeps the patterns as an .npz); with
+--predictors FILE the requests are the neurons that predictor file predicts active on the same
+text, what decoding with `active: predictor` asks for. A cost
 model (cost_model.py) from measured positioned-read speed is printed beside each measurement.
 
     python tools/bench_flash_ffn.py                      # tiny OpenELM, about a minute
@@ -45,14 +52,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from plugins.openelm.config import PRESETS
 from plugins.openelm.model import OpenELM
-from plugins.sparse.activation_patterns import (load_recorded, overlap_statistics, record_patterns, save_recorded,
+from plugins.sparse.activation_patterns import (load_recorded, overlap_statistics, record_patterns,
+                                                record_predicted_patterns, save_recorded,
                                                 synthesize)
 from plugins.sparse.bundle import BundleReader, write_bundle
 from plugins.sparse.cost_model import drop_page_cache, estimate, make_scratch_file, measure_reads, page_residency
+from plugins.sparse.fused_ffn import FusedSparseFFN, available as fused_available, gathered_ffn
 from plugins.sparse.naive_loader import NaiveNeuronLoader
 from plugins.sparse.neuron_cache import NeuronCache
 from plugins.sparse.fetch_stats import FetchStats
@@ -75,6 +85,10 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="a relufied OpenELM run: record its true ReLU patterns on its validation text, "
                              "and serve its own weights")
     parser.add_argument("--save-patterns", type=Path, default=None, help="with --record-from: write them (.npz)")
+    parser.add_argument("--predictors", type=Path, default=None,
+                        help="with --record-from: the neurons this predictor file predicts active are the requests "
+                             "(ours as the decoder runs it: predictor + windowing + bundling)")
+    parser.add_argument("--threshold", type=float, default=None, help="with --predictors: instead of the file's")
     parser.add_argument("--window", type=int, default=5, help="windowing: keep neurons of the last k tokens")
     parser.add_argument("--cap-fraction", type=float, default=0.5, help="DRAM cap as a fraction of the FFN weights")
     parser.add_argument("--read-threads", type=int, default=1, help="ours: reads in flight at once (threads)")
@@ -87,6 +101,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scratch-mb", type=int, default=512, help="cost model's scratch file (larger than what it reads)")
     parser.add_argument("--cost-reads", type=int, default=2000, help="reads per cost-model measurement")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the files go (default: a fresh temp dir)")
+    parser.add_argument("--compute", action="store_true",
+                        help="time fetch + the fused FFN kernel over the fetched neurons (needs numba), not the fetch alone")
     parser.add_argument("--check-tokens", type=int, default=3, help="tokens whose rows are compared with the dense weights")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -95,8 +111,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         raise RecipeError(f"unknown source or mode {sorted(unknown)} (sources {', '.join(SOURCES)}; modes warm, cold)")
     if args.record_from and args.patterns:
         raise RecipeError("--record-from and --patterns are two sources of patterns: give one")
-    if args.save_patterns and not args.record_from:
-        raise RecipeError("--save-patterns needs --record-from")
+    if (args.save_patterns or args.predictors) and not args.record_from:
+        raise RecipeError("--save-patterns and --predictors need --record-from")
+    if args.threshold is not None and (not args.predictors or not 0 < args.threshold < 1):
+        raise RecipeError(f"--threshold goes with --predictors and lies in (0, 1), got {args.threshold}")
+    if args.compute and (args.dtype != "float32" or not fused_available()):
+        raise RecipeError("--compute runs the fused kernel: it needs numba (pip install 'toolkit[sparse]') and --dtype float32")
     if args.tokens <= args.window:
         raise RecipeError(f"--tokens {args.tokens} must exceed --window {args.window} (the steady state starts after it)")
     return args
@@ -112,10 +132,32 @@ def difference(after: FetchStats, before: FetchStats) -> FetchStats:
                          for field in dataclasses.fields(FetchStats)})
 
 
+def kernel_inputs(model: OpenELM, seed: int) -> list[torch.Tensor]:
+    """One fixed random FFN input [1, 1, D] per layer, for --compute."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 1, layer.ffn.proj_2.weight.shape[0], generator=generator) for layer in model.layers]
+
+
+def compute_step(provider, model: OpenELM, hiddens: list[torch.Tensor]):
+    """(layer, ids) -> the FFN output [1, 1, D] over those neurons by the fused kernel, fetching them first:
+    in place from a NeuronCache's slots, or from the records a NaiveNeuronLoader read."""
+    shift = model.layers[0].ffn.shift
+    if isinstance(provider, NeuronCache):
+        kernel = FusedSparseFFN.from_cache(provider, model)
+        return lambda layer, ids: kernel(layer, hiddens[layer], provider.resident_slots(layer, ids))
+    outputs = [np.empty(hidden.shape[-1], dtype=np.float32) for hidden in hiddens]
+
+    def naive_step(layer, ids):
+        records = provider.records(layer, ids)  # [n, 3D]
+        gathered_ffn(records, np.arange(len(records)), hiddens[layer].view(-1).numpy(), np.float32(shift), outputs[layer])
+        return torch.from_numpy(outputs[layer].copy()).view(1, 1, -1)  # [1, 1, D], as the cache kernel gives
+    return naive_step
+
+
 def run_lockstep(sources: dict, patterns, cold: bool, warmup: int, check) -> dict[str, dict]:
     """Every source fetches token t before any fetches token t + 1 (who goes first rotates), so a
-    change in the machine's load hits all of them alike. `sources`: name -> (provider, file).
-    Per source: per-token seconds, and stats over all tokens and after `warmup`."""
+    change in the machine's load hits all of them alike. `sources`: name -> (provider, file, step),
+    step(layer, ids) what is timed. Per source: per-token seconds, and stats over all tokens and after `warmup`."""
     names = list(sources)
     seconds = {name: [] for name in names}
     residency = {name: [] for name in names}
@@ -123,7 +165,7 @@ def run_lockstep(sources: dict, patterns, cold: bool, warmup: int, check) -> dic
     for token, layers in enumerate(patterns):
         shift = token % len(names)
         for name in names[shift:] + names[:shift]:
-            provider, path = sources[name]
+            provider, path, step = sources[name]
             if token == warmup:
                 steady_start[name] = dataclasses.replace(provider.stats)
             if cold:
@@ -132,9 +174,9 @@ def run_lockstep(sources: dict, patterns, cold: bool, warmup: int, check) -> dic
             outputs = []
             start = time.perf_counter()
             for layer, ids in enumerate(layers):
-                outputs.append(provider.rows(layer, ids))
+                outputs.append(step(layer, ids))
             seconds[name].append(time.perf_counter() - start)
-            check(token, outputs)
+            check(token, name, outputs)
     results = {}
     for name in names:
         provider, steady_seconds = sources[name][0], seconds[name][warmup:]
@@ -159,9 +201,11 @@ def cost_measurements(scratch: Path, read_sizes: dict[str, int], reads: int, see
     return measured
 
 
-def recorded_run(run: str, tokens: int) -> tuple[OpenELM, list, str]:
-    """The run's model and its true ReLU patterns on the first `tokens` tokens of its validation text."""
+def recorded_run(run: str, tokens: int, predictors: Path | None, threshold: float | None) -> tuple[OpenELM, list, str]:
+    """The run's model and its patterns on the first `tokens` tokens of its validation text: the
+    true ReLU patterns, or with `predictors` (a predictor file) the neurons they predict active."""
     from plugins.lm.loading import run_sequences
+    from plugins.sparse.predictor_file import load_predictors
     from toolkit.checkpoint import load_model
 
     loaded = load_model(run)
@@ -169,8 +213,13 @@ def recorded_run(run: str, tokens: int) -> tuple[OpenELM, list, str]:
         raise RecipeError(f"--record-from {run}: holds a {type(loaded.model).__name__}, not an OpenELM")
     sequence_length = int(loaded.recipe["data"]["seq_len"])
     input_ids, _ = run_sequences(loaded.recipe, "val", -(-tokens // sequence_length))  # [N, S]
-    patterns = record_patterns(loaded.model.eval(), input_ids)[:tokens]
-    return loaded.model, patterns, f"recorded from {run} (true ReLU pattern on {len(patterns)} validation tokens)"
+    if predictors is None:
+        patterns = record_patterns(loaded.model.eval(), input_ids)[:tokens]
+        return loaded.model, patterns, f"recorded from {run} (true ReLU pattern on {len(patterns)} validation tokens)"
+    chosen = load_predictors(predictors, loaded.model, threshold)
+    patterns = record_predicted_patterns(loaded.model.eval(), input_ids, chosen)[:tokens]
+    return loaded.model, patterns, (f"recorded from {run} (neurons {predictors} predicts active at threshold "
+                                    f"{chosen[0].threshold:g}, on {len(patterns)} validation tokens)")
 
 
 def main(argv: list[str]) -> int:
@@ -179,7 +228,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
     if args.record_from:
-        model, patterns, pattern_source = recorded_run(args.record_from, args.tokens)
+        model, patterns, pattern_source = recorded_run(args.record_from, args.tokens, args.predictors, args.threshold)
         config, model_name = model.config, args.record_from
     else:
         config, model_name = PRESETS[args.preset](), args.preset
@@ -210,9 +259,23 @@ def main(argv: list[str]) -> int:
           f"{len(patterns)} tokens, patterns {pattern_source}; measured {json.dumps(pattern_stats)}")
 
     checked = {"tokens": 0}
+    compute_inputs = kernel_inputs(model, args.seed)
+    computed = {}  # with --compute: (mode, token) -> the first source's outputs, which the others must equal
 
-    def check(token, outputs):
-        if token < args.check_tokens:
+    def check(token, name, outputs):
+        if args.compute:
+            first = computed.setdefault((mode, token), outputs)
+            assert all(torch.equal(a, b) for a, b in zip(first, outputs)), (name, token)
+            if token < args.check_tokens and first is outputs:
+                shift = model.layers[0].ffn.shift
+                for layer, output in enumerate(outputs):
+                    gate_up, down = dense_rows(model, layer, patterns[token][layer], torch.float32)
+                    hidden = compute_inputs[layer].view(-1)
+                    gate, up = (gate_up @ hidden).chunk(2)
+                    torch.testing.assert_close(output.view(-1), (torch.relu(gate - shift) * up) @ down,
+                                               rtol=1e-4, atol=1e-4)
+                checked["tokens"] += 1
+        elif token < args.check_tokens:
             for layer, (gate_up, down) in enumerate(outputs):
                 expected_gate_up, expected_down = dense_rows(model, layer, patterns[token][layer], dtype)
                 assert torch.equal(gate_up, expected_gate_up) and torch.equal(down, expected_down), (token, layer)
@@ -230,18 +293,19 @@ def main(argv: list[str]) -> int:
             readahead = name.startswith("naive") or args.ours_readahead
             reader = BundleReader(path, shapes, method="mmap" if name == "ours-mmap" else "pread", readahead=readahead)
             if name.startswith("naive"):
-                sources[name] = (NaiveNeuronLoader(reader), path)
+                provider = NaiveNeuronLoader(reader)
             else:
-                sources[name] = (NeuronCache(reader, cap, args.window, args.read_threads,
-                                             int(args.coalesce_kb * 1024)), path)
-                assert sources[name][0].allocated_bytes() <= cap
+                provider = NeuronCache(reader, cap, args.window, args.read_threads, int(args.coalesce_kb * 1024))
+                assert provider.allocated_bytes() <= cap
+            step = compute_step(provider, model, compute_inputs) if args.compute else provider.rows
+            sources[name] = (provider, path, step)
         if mode == "warm":
             measured_mode = run_lockstep(sources, patterns, False, args.window, check)
         else:  # one source after another: the readahead a source leaves in flight would slow the next
             measured_mode = {}
             for name, source in sources.items():
                 measured_mode.update(run_lockstep({name: source}, patterns, True, args.window, check))
-        for name, (provider, _) in sources.items():
+        for name, (provider, _, _) in sources.items():
             result = measured_mode[name]
             if isinstance(provider, NeuronCache):
                 result["cache_allocated_bytes"] = provider.allocated_bytes()

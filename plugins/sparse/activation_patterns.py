@@ -9,7 +9,8 @@ conservative choice: no hot neurons beyond that overlap, so a longer window gain
 
 Recorded patterns: an .npz file (loaded without pickle) with one boolean array `layer_{i}`
 [tokens, F_i] per layer. `record_patterns` takes them from a relufied model reading real text
-(the true ReLU pattern: activation != 0, token by token) and `save_recorded` writes that file.
+(the true ReLU pattern: activation != 0, token by token), `record_predicted_patterns` what its
+low-rank predictors ask for on the same text, and `save_recorded` writes that file.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ def record_patterns(model: OpenELM, input_ids: torch.Tensor) -> list[list[torch.
         raise DataError("recording ReLU patterns needs a relufied model; this one's FFN uses silu (nothing is zero)")
     _, activations, _ = record_ffn(model, input_ids)
     masks = [(activation != 0).flatten(0, 1) for activation in activations]  # [T, F_i] per layer
+    return [[torch.nonzero(mask[token]).flatten() for mask in masks] for token in range(masks[0].shape[0])]
+
+
+def record_predicted_patterns(model: OpenELM, input_ids: torch.Tensor, predictors: list) -> list[list[torch.Tensor]]:
+    """What low-rank predictors (predictor.py) ask for on input_ids [N, S]: per token, per layer, the
+    sorted ids of the neurons predicted active from that token's FFN input in a dense forward."""
+    inputs, _, _ = record_ffn(model, input_ids)
+    masks = [predictor.predict(hidden).flatten(0, 1) for predictor, hidden in zip(predictors, inputs)]  # [T, F_i]
     return [[torch.nonzero(mask[token]).flatten() for mask in masks] for token in range(masks[0].shape[0])]
 
 

@@ -3,11 +3,14 @@
 No DRAM cache and no bundling: each neuron's gate row, up row and down column are three separate
 positioned reads, as a file holding the three matrices apart ("split" layout, bundle.py) needs.
 Reads go straight into the output tensors, so the baseline pays no extra copy. The same
-`rows(layer, neuron_ids)` interface as the cache (fetch_stats.py), for the benchmark's comparison.
+`rows(layer, neuron_ids)` interface as the cache (fetch_stats.py), for the benchmark's comparison;
+`records(layer, neuron_ids)` reads the same parts into one reused neuron-major buffer [n, 3D],
+what the fused kernel (fused_ffn.py) computes from, as the cache's `resident_slots` gives it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from plugins.sparse.bundle import PARTS, BundleReader
@@ -17,6 +20,7 @@ from plugins.sparse.fetch_stats import FetchStats, TokenClock
 class NaiveNeuronLoader:
     def __init__(self, reader: BundleReader) -> None:
         self.reader, self.stats, self.clock = reader, FetchStats(), TokenClock()
+        self.record_buffer = torch.empty(0, dtype=torch.uint8)  # grows to the largest request, then is reused
 
     def ffn_dim(self, layer: int) -> int:
         return self.reader.layers[layer].ffn_dim
@@ -39,3 +43,22 @@ class NaiveNeuronLoader:
         self.stats.bytes_read += PARTS * len(ids) * self.reader.part_bytes(layer)
         self.stats.misses += len(ids)
         return parts[:2].reshape(2 * len(ids), model_dim), parts[2]
+
+    def records(self, layer: int, neuron_ids: torch.Tensor) -> np.ndarray:
+        """The neurons' records [n, 3D] (gate row | up row | down column), 3n reads, in a buffer
+        reused by the next call (a fresh one each token would cost page faults, not reads)."""
+        if self.clock.tick(layer):
+            self.stats.tokens += 1
+        ids = neuron_ids.to(torch.int64).flatten().tolist()
+        part_bytes = self.reader.part_bytes(layer)
+        needed = len(ids) * PARTS * part_bytes
+        if self.record_buffer.numel() < needed:
+            self.record_buffer = torch.empty(needed, dtype=torch.uint8)
+        raw = self.record_buffer[:needed].numpy().reshape(len(ids), PARTS, part_bytes)  # [n, 3, D * itemsize]
+        for row, neuron in enumerate(ids):
+            for part in range(PARTS):
+                self.reader.read_part_into(layer, neuron, part, memoryview(raw[row, part]))
+        self.stats.reads_issued += PARTS * len(ids)
+        self.stats.bytes_read += needed
+        self.stats.misses += len(ids)
+        return self.record_buffer[:needed].view(self.reader.dtype).numpy().reshape(len(ids), -1)  # [n, 3D]
