@@ -315,7 +315,7 @@ def cache_kernel(config: SparseDecodingConfig, model: OpenELM, cache: NeuronCach
 
 def _fused_runs(config: SparseDecodingConfig, model: OpenELM) -> bool:
     """Whether the fused kernel can run this model; `kernel: fused` where it cannot is an error."""
-    weight = model.layers[0].ffn.proj_1.weight  # the gate rows survive a release; its dtype is the bundle's
+    weight = model.layers[0].ffn.proj_1.weight
     if FusedSparseFFN.supports(weight, model.config.ffn_activation):
         return True
     if config.kernel == "fused":

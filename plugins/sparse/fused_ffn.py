@@ -45,10 +45,11 @@ def available() -> bool:
 
 
 def gathered_ffn(bundle: np.ndarray, neuron_ids: np.ndarray, hidden: np.ndarray, shift: np.float32,
-                  out: np.ndarray) -> np.ndarray:
+                 out: np.ndarray) -> np.ndarray:
     """out [D] = sum over i in neuron_ids of relu(<gate_i, h> - shift) * <up_i, h> * down_i.
 
-    bundle [F, 3D] float32 (gate | up | down column per row), neuron_ids int64 [n], hidden [D].
+    bundle [N, >= 3D] float32 (gate | up | down column in the first 3D values of a row), neuron_ids
+    int64 [n] (rows of it: neuron ids, or a cache's slots), hidden [D].
     """
     width = hidden.shape[0]
     zero = np.float32(0.0)
@@ -134,7 +135,7 @@ class FusedSparseFFN:
         self.outputs = [np.empty(bundle.shape[1] // 3, dtype=np.float32) for bundle in self.bundles]
         # compile (or load the cached machine code) now, not inside the first timed decoding step
         gathered_ffn(self.bundles[0], np.zeros(1, dtype=np.int64), np.zeros(self.outputs[0].shape[0], np.float32),
-                      self.shift, self.outputs[0])
+                     self.shift, self.outputs[0])
 
     @classmethod
     def from_model(cls, model) -> FusedSparseFFN:
