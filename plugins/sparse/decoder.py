@@ -241,10 +241,10 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
     if config.active == "relu" and model.config.ffn_activation == "silu":
         raise RecipeError(f"{WHERE}: active: relu needs a relufied model, and this one's FFN uses silu, which is "
                           "never exactly zero", hint="fine-tune it with sparse/relufy_tiny.yaml, or use active: all")
-    fused = fused_kernel(config, model)  # bundled in DRAM, or None (with a bundle file: decided below)
+    runs_fused = fused_runs(config, model)  # the FFN kernel and the predictors' compiled loop go together
     if config.active == "predictor":
         predictors = load_predictors(Path(config.predictors), model, config.threshold or None)
-        source = FusedPredictedPattern(predictors) if fused else PredictedPattern(predictors)
+        source = FusedPredictedPattern(predictors) if runs_fused else PredictedPattern(predictors)
         described = f"active=predictor {config.predictors} (rank {predictors[0].down.weight.shape[0]}, " \
                     f"threshold {predictors[0].threshold:g})"
     else:
@@ -252,8 +252,8 @@ def build_sparse_decoder(config: SparseDecodingConfig, model: nn.Module) -> Spar
         # the oracle finds the pattern by computing every gate row: bytes it reads beyond those counted
         described = "active=relu (oracle: reads every gate row)" if config.active == "relu" else "active=all"
     cache = open_neuron_cache(config, model) if config.bundle else None
+    fused = fused_kernel(config, model, cache)  # before a release: the DRAM bundles copy the model's weights
     if cache is not None:
-        fused = cache_kernel(config, model, cache)
         described += f", FFN weights from {config.bundle} under a {config.dram_cap}-byte DRAM cap, window {config.window}"
         if not config.keep_model_ffn:
             freed = release_ffn_weights(model, keep_gate=config.active == "relu")
@@ -296,25 +296,19 @@ def _released(module: nn.Module, inputs) -> None:
                       "path computes the dense FFN", hint="add keep_model_ffn: true")
 
 
-def fused_kernel(config: SparseDecodingConfig, model: OpenELM) -> FusedSparseFFN | None:
-    """The fused kernel over DRAM bundles when `kernel` asks for it (an error if it cannot run) or
-    allows it (auto); None with a bundle file (`cache_kernel` then decides)."""
-    if config.kernel == "torch" or config.bundle or config.active == "all":
+def fused_kernel(config: SparseDecodingConfig, model: OpenELM, cache: NeuronCache | None = None
+                 ) -> FusedSparseFFN | None:
+    """The fused kernel when `kernel` asks for it (an error if it cannot run) or allows it (auto):
+    over the cache's slots with a bundle, else over bundles of the model's weights in DRAM."""
+    if not fused_runs(config, model):
         return None
-    if _fused_runs(config, model):
-        return FusedSparseFFN.from_model(model)
-    return None
+    return FusedSparseFFN.from_cache(cache, model) if cache is not None else FusedSparseFFN.from_model(model)
 
 
-def cache_kernel(config: SparseDecodingConfig, model: OpenELM, cache: NeuronCache) -> FusedSparseFFN | None:
-    """The fused kernel over the neuron cache's slots, on the same terms as `fused_kernel`."""
-    if config.kernel == "torch" or not _fused_runs(config, model):
-        return None
-    return FusedSparseFFN.from_cache(cache, model)
-
-
-def _fused_runs(config: SparseDecodingConfig, model: OpenELM) -> bool:
-    """Whether the fused kernel can run this model; `kernel: fused` where it cannot is an error."""
+def fused_runs(config: SparseDecodingConfig, model: OpenELM) -> bool:
+    """Whether one-token steps take the fused kernel; `kernel: fused` where it cannot run is an error."""
+    if config.kernel == "torch" or config.active == "all":
+        return False
     weight = model.layers[0].ffn.proj_1.weight
     if FusedSparseFFN.supports(weight, model.config.ffn_activation):
         return True

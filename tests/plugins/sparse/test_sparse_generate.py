@@ -81,6 +81,23 @@ def test_predictor_path_decodes_with_a_predictor_file(relu_run, sparse_files, ca
     assert fused == gathered and "one-token steps by the fused gather (numba)); 7 one-token steps" in fused_err
 
 
+def test_from_a_bundle_the_predictors_run_compiled_with_the_kernel_on_the_slots(relu_run, sparse_files):
+    pytest.importorskip("numba")
+    from plugins.sparse.decoder import SparseDecodingConfig, build_sparse_decoder
+    from plugins.sparse.fused_ffn import FusedPredictedPattern
+
+    bundle, predictors, cap = sparse_files
+    for kernel, compiled in (("auto", True), ("torch", False)):
+        model = load_language_model(str(relu_run), "cpu").model
+        config = SparseDecodingConfig(active="predictor", predictors=str(predictors), bundle=str(bundle),
+                                      dram_cap=2 * cap, kernel=kernel)
+        decoder = build_sparse_decoder(config, model)
+        assert isinstance(decoder.source, FusedPredictedPattern) is compiled
+        assert decoder.sparse_ffn.reads_slots is compiled
+        decoder.neuron_cache.close()
+        decoder.neuron_cache.reader.close()
+
+
 def test_a_predictor_file_for_another_model_shape_is_one_line(relu_run, tmp_path, capsys):
     from sparse_models import tiny_openelm
 
