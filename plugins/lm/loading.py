@@ -63,16 +63,18 @@ def _load_toolkit_run(path: Path, device: str, tokenizer: str | None, model_name
 
 
 def _load_imported(path: Path, importer: Component, device: str, tokenizer: str | None) -> LanguageModel:
-    """A path a plugin's importer reads, with --tokenizer or a tokenizer.model beside the weights.
+    """A path a plugin's importer reads, with --tokenizer or a tokenizer.model (else a tokenizer.json)
+    beside the weights.
 
     The tokenizer is checked first, so a missing one is reported before any weights are read."""
-    beside = path / TOKENIZER_FILE if path.is_dir() else path.with_name(TOKENIZER_FILE)
+    beside = run_tokenizer_file(path if path.is_dir() else path.parent) or path / TOKENIZER_FILE
     if not tokenizer and not beside.is_file():
         raise CheckpointError(
             f"{path}: read as {importer.factory.description} (importer '{importer.name}' of plugin "
-            f"'{importer.plugin}') with no {TOKENIZER_FILE} beside the weights",
-            hint="pass --tokenizer with the SentencePiece .model the model was trained with (a toolkit run's "
-                 "tokenizer.model, LLaMA's for Apple's OpenELM); toolkit-export copies a run's into the export")
+            f"'{importer.plugin}') with no {' or '.join(RUN_TOKENIZER_FILES)} beside the weights",
+            hint="pass --tokenizer with the tokenizer the model was trained with (a toolkit run's "
+                 "tokenizer.model or tokenizer.json, LLaMA's for Apple's OpenELM); toolkit-export copies a "
+                 "run's into the export")
     model = importer.factory.load(path)
     model.eval().to(device)
     return LanguageModel(model, load_tokenizer(tokenizer or beside), torch.device(device),

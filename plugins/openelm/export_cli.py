@@ -27,17 +27,17 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, required=True, help="output layout (hf: Hugging Face)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output directory (created)")
     parser.add_argument("--tokenizer", metavar="FILE", default=None,
-                        help="SentencePiece .model to ship (default: the run's tokenizer.model, else the "
-                             "recipe's data.tokenizer)")
+                        help="tokenizer to ship, a SentencePiece .model or a tokenizer.json (default: the "
+                             "run's tokenizer.model or tokenizer.json, else the recipe's data.tokenizer)")
     return parser.parse_args(argv)
 
 
 def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
-    from plugins.openelm.hf_export import EXPORT_FILES, export_hf  # imports torch: only once the arguments are good
+    from plugins.openelm.hf_export import export_hf  # imports torch: only once the arguments are good
 
     out_dir = export_hf(arguments.path, arguments.out, tokenizer=arguments.tokenizer)
-    print(f"wrote {out_dir} ({', '.join(EXPORT_FILES)})")
+    print(f"wrote {out_dir} ({', '.join(sorted(path.name for path in out_dir.iterdir()))})")
     return 0
 
 

@@ -4,15 +4,19 @@
     model.safetensors                    the checkpoint's tensors (`transformer.` names)
     configuration_toolkit_openelm.py     modelling code of our own (torch + transformers only), so
     modeling_toolkit_openelm.py          AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True) works
-    tokenizer.model                      the SentencePiece model the run trained with
-    tokenizer_config.json                how transformers wraps it (LlamaTokenizer: a SentencePiece model)
+    tokenizer.model                      the SentencePiece model the run trained with, or
+    tokenizer.json                       the run's Hugging Face tokenizer (a SmolLM2 import's, say)
+    tokenizer_config.json                how transformers wraps it (LlamaTokenizer for a SentencePiece
+                                         model, PreTrainedTokenizerFast for a tokenizer.json)
     special_tokens_map.json, generation_config.json
 
 The toolkit starts every document after an end-of-text token, so the tokenizer config declares
-that token (`</s>`) as the one put before a text: `tokenizer(prompt)` in transformers gives the ids
-`toolkit-generate` feeds the model, and greedy continuations agree. `toolkit-generate` and
-`toolkit-eval` read the same directory through the `openelm-hf` importer with the same
-`tokenizer.model`. The directory appears only once every file is complete: it is assembled under
+that token (`</s>` of a SentencePiece model) as the one put before a text: `tokenizer(prompt)` in
+transformers gives the ids `toolkit-generate` feeds the model, and greedy continuations agree. A
+tokenizer.json gets that rule as a post-processor of its own (transformers' fast tokenizers take
+it from the file, not from the config), after whatever post-processor it had. `toolkit-generate`
+and `toolkit-eval` read the same directory through the `openelm-hf` importer with the same
+tokenizer file. The directory appears only once every file is complete: it is assembled under
 a temporary name beside the target, then renamed.
 """
 
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugins.lm.tokenizer_files import JSON_FILE, RUN_TOKENIZER_FILES
 from plugins.openelm.convert import CONFIG_FILE, write_hf
 from plugins.openelm.model import OpenELM
 from toolkit.checkpoint import SINGLE_MODEL, trained_weights
@@ -42,19 +47,30 @@ EXPORT_FILES = (CONFIG_FILE, "model.safetensors", f"{CONFIGURATION_MODULE}.py", 
                 TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
+def export_files(tokenizer_path: Path) -> tuple[str, ...]:
+    """The files an export holds, with the tokenizer file `tokenizer_path` (.json or SentencePiece)."""
+    if not is_json_tokenizer(tokenizer_path):
+        return EXPORT_FILES
+    return tuple(JSON_FILE if name == TOKENIZER_FILE else name for name in EXPORT_FILES)
+
+
+def is_json_tokenizer(path: Path) -> bool:
+    return Path(path).suffix == ".json"  # as the loaders decide (plugins.lm.tokenizer_files)
+
+
 def find_run_tokenizer(checkpoint_dir: Path, run_dir: Path, recipe: dict[str, Any]) -> Path:
-    """The tokenizer a run trained with: its copy in the checkpoint or run directory, else the
-    recipe's `data.tokenizer`."""
-    candidates = [checkpoint_dir / TOKENIZER_FILE, run_dir / TOKENIZER_FILE]
+    """The tokenizer a run trained with: its copy in the checkpoint or run directory (tokenizer.model
+    or tokenizer.json), else the recipe's `data.tokenizer`."""
+    candidates = [directory / name for directory in (checkpoint_dir, run_dir) for name in RUN_TOKENIZER_FILES]
     configured = (recipe.get("data") or {}).get("tokenizer")
     if configured:
         candidates.append(Path(configured).expanduser())
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise CheckpointError(f"{run_dir}: no {TOKENIZER_FILE} in the run directory and the recipe names no "
-                          "data.tokenizer", hint="pass --tokenizer with the SentencePiece .model the run was "
-                                                 "trained with")
+    raise CheckpointError(f"{run_dir}: no {' or '.join(RUN_TOKENIZER_FILES)} in the run directory and the recipe "
+                          "names no data.tokenizer", hint="pass --tokenizer with the tokenizer file the run was "
+                                                          "trained with (a SentencePiece .model or a tokenizer.json)")
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,9 @@ class SpecialTokens:
 
 
 def special_tokens(tokenizer_path: Path, model_vocab_size: int) -> SpecialTokens:
-    """The special pieces of a SentencePiece model, checked to fit the model's vocabulary."""
+    """The special pieces of a SentencePiece model or a tokenizer.json, checked to fit the model's vocabulary."""
+    if is_json_tokenizer(tokenizer_path):
+        return _json_special_tokens(tokenizer_path, model_vocab_size)
     import sentencepiece
 
     processor = sentencepiece.SentencePieceProcessor()
@@ -85,10 +103,44 @@ def special_tokens(tokenizer_path: Path, model_vocab_size: int) -> SpecialTokens
     return SpecialTokens(processor.id_to_piece(processor.eos_id()), processor.eos_id(), unk)
 
 
-def tokenizer_files(tokens: SpecialTokens, context_length: int) -> dict[str, dict[str, Any]]:
+def _json_special_tokens(tokenizer_path: Path, model_vocab_size: int) -> SpecialTokens:
+    """The end-of-text token of a tokenizer.json, as the toolkit reads it (plugins.lm.json_tokenizer)."""
+    from plugins.lm.json_tokenizer import load_json_tokenizer
+
+    tokenizer = load_json_tokenizer(tokenizer_path)  # DataError (one line) when it is not one
+    if tokenizer.vocab_size > model_vocab_size:
+        raise CheckpointError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, more than the model's "
+                              f"vocab_size {model_vocab_size}", hint="export with the tokenizer the run trained with")
+    if tokenizer.eos_id < 0:
+        raise CheckpointError(f"{tokenizer_path}: the tokenizer has no end-of-sequence token",
+                              hint="name one as eos_token in a tokenizer_config.json beside it")
+    return SpecialTokens(tokenizer.backend.id_to_token(tokenizer.eos_id), tokenizer.eos_id, None)
+
+
+def text_start_tokenizer(tokenizer_path: Path, tokens: SpecialTokens) -> str:
+    """The tokenizer.json at `tokenizer_path` (its JSON text) with a post-processor that puts the
+    end-of-text token before every text, after the post-processor it had (if any)."""
+    from tokenizers import Tokenizer, processors
+
+    backend = Tokenizer.from_file(str(tokenizer_path))
+    eos = tokens.eos
+    start = processors.TemplateProcessing(single=f"{eos} $A", pair=f"{eos} $A {eos} $B:1",
+                                          special_tokens=[(eos, tokens.eos_id)])
+    backend.post_processor = start if backend.post_processor is None else processors.Sequence(
+        [backend.post_processor, start])
+    return backend.to_str(pretty=True)
+
+
+def tokenizer_files(tokens: SpecialTokens, context_length: int, json_tokenizer: bool = False) -> dict[str, dict[str, Any]]:
     """tokenizer_config.json, special_tokens_map.json and generation_config.json for transformers."""
     eos, eos_id = tokens.eos, tokens.eos_id
     special = {"bos_token": eos, "eos_token": eos, "pad_token": eos, **({"unk_token": tokens.unk} if tokens.unk else {})}
+    if json_tokenizer:  # the start token comes from the file's post-processor (text_start_tokenizer)
+        tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                            "model_max_length": context_length, "padding_side": "left", **special}
+        generation = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id, "do_sample": False}
+        return {"tokenizer_config.json": tokenizer_config, "special_tokens_map.json": special,
+                "generation_config.json": generation}
     tokenizer_config = {
         "tokenizer_class": "LlamaTokenizer",  # the SentencePiece-backed class transformers knows
         # Documents start after the end-of-text token in training: transformers puts it before a text.
@@ -117,8 +169,12 @@ def _complete(directory: Path, tokenizer: Path, tokens: SpecialTokens, context_l
     _write_json(directory / CONFIG_FILE, config)
     for module in (CONFIGURATION_MODULE, MODELING_MODULE):
         shutil.copyfile(CODE_DIRECTORY / f"{module}.py", directory / f"{module}.py")
-    shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
-    for name, value in tokenizer_files(tokens, context_length).items():
+    json_tokenizer = is_json_tokenizer(tokenizer)
+    if json_tokenizer:
+        (directory / JSON_FILE).write_text(text_start_tokenizer(tokenizer, tokens))
+    else:
+        shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
+    for name, value in tokenizer_files(tokens, context_length, json_tokenizer).items():
         _write_json(directory / name, value)
 
 
@@ -128,7 +184,7 @@ def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries
 
     `load_model` checks the recipe's model and that the weights fit it; the tensors written are the
     checkpoint file's own (same dtype and bits), not the model's float32 copies of them.
-    `tokenizer` replaces the run's own tokenizer.model.
+    `tokenizer` replaces the run's own tokenizer file (tokenizer.model or tokenizer.json).
     """
     from toolkit.checkpoint import load_model
 

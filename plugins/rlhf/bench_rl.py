@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from plugins.lm.tokenizer_files import run_tokenizer_file
 from toolkit.assembly import assemble
 from toolkit.cli.common import ArgumentParser
 from toolkit.engine.trainer import Trainer
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40)
     arguments = parser.parse_args(argv)
     work = arguments.work
+    tokenizer = run_tokenizer_file(work / "sft-a") or work / "sft-a" / "tokenizer.model"  # a SmolLM2 demo's is .json
     common = [f"models.policy.source={work / 'sft-a'}", f"models.sft.source={work / 'sft-a'}",
-              f"models.value.init_from={work / 'sft-a'}", f"data.tokenizer={work / 'sft-a' / 'tokenizer.model'}",
+              f"models.value.init_from={work / 'sft-a'}", f"data.tokenizer={tokenizer}",
               f"task.max_new_tokens={arguments.max_new_tokens}", f"data.train_file={work / 'data' / 'train.jsonl'}",
               f"data.val_file={work / 'data' / 'val.jsonl'}"]
     configurations = {

@@ -81,7 +81,7 @@ def test_unusable_models_are_one_line_and_write_nothing(case, llama_dir, tmp_pat
         config["hidden_size"] = 48
         (spec / "config.json").write_text(json.dumps(config))
     else:
-        spec, fragments = tmp_path / "openelm", ["no tokenizer.model beside the weights", "--tokenizer"]
+        spec, fragments = tmp_path / "openelm", ["no tokenizer.model or tokenizer.json beside the weights", "--tokenizer"]
         spec.mkdir()
         (spec / "config.json").write_text(json.dumps({"model_type": "openelm"}))
     out = tmp_path / "out"

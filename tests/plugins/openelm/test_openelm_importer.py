@@ -62,7 +62,7 @@ def test_the_plugin_registers_it_and_the_lm_loader_uses_it(exported):
 def test_without_a_tokenizer_it_is_refused_before_the_weights_are_read(exported):
     with pytest.raises(CheckpointError) as caught:
         load_language_model(str(exported[1]), "cpu")
-    assert "no tokenizer.model beside the weights" in caught.value.message and "openelm-hf" in caught.value.message
+    assert "no tokenizer.model or tokenizer.json beside the weights" in caught.value.message and "openelm-hf" in caught.value.message
     assert "LLaMA" not in caught.value.message and "toolkit run" in caught.value.hint
     assert "--tokenizer" in caught.value.hint
     config = json.loads((exported[1] / "config.json").read_text())
