@@ -10,6 +10,10 @@
                                          model, PreTrainedTokenizerFast for a tokenizer.json)
     special_tokens_map.json, generation_config.json
 
+With `layout="llama"` (`--format hf-llama`) the directory is transformers' own Llama layout
+instead (config.json of a LlamaForCausalLM, model.safetensors under Llama's names, no code) with
+the same tokenizer files: for models that are Llamas (plugins/openelm/llama.py).
+
 The toolkit starts every document after an end-of-text token, so the tokenizer config declares
 that token (`</s>` of a SentencePiece model) as the one put before a text: `tokenizer(prompt)` in
 transformers gives the ids `toolkit-generate` feeds the model, and greedy continuations agree. A
@@ -162,13 +166,8 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def _complete(directory: Path, tokenizer: Path, tokens: SpecialTokens, context_length: int) -> None:
-    """Add auto_map, the modelling code and the tokenizer files to a directory write_hf produced."""
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    config.update(auto_map=AUTO_MAP, bos_token_id=tokens.eos_id, eos_token_id=tokens.eos_id)
-    _write_json(directory / CONFIG_FILE, config)
-    for module in (CONFIGURATION_MODULE, MODELING_MODULE):
-        shutil.copyfile(CODE_DIRECTORY / f"{module}.py", directory / f"{module}.py")
+def _write_tokenizer(directory: Path, tokenizer: Path, tokens: SpecialTokens, context_length: int) -> None:
+    """The tokenizer file and transformers' tokenizer and generation configs, into `directory`."""
     json_tokenizer = is_json_tokenizer(tokenizer)
     if json_tokenizer:
         (directory / JSON_FILE).write_text(text_start_tokenizer(tokenizer, tokens))
@@ -178,9 +177,35 @@ def _complete(directory: Path, tokenizer: Path, tokens: SpecialTokens, context_l
         _write_json(directory / name, value)
 
 
+def _complete(directory: Path, tokenizer: Path, tokens: SpecialTokens, context_length: int) -> None:
+    """Add auto_map, the modelling code and the tokenizer files to a directory write_hf produced."""
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    config.update(auto_map=AUTO_MAP, bos_token_id=tokens.eos_id, eos_token_id=tokens.eos_id)
+    _write_json(directory / CONFIG_FILE, config)
+    for module in (CONFIGURATION_MODULE, MODELING_MODULE):
+        shutil.copyfile(CODE_DIRECTORY / f"{module}.py", directory / f"{module}.py")
+    _write_tokenizer(directory, tokenizer, tokens, context_length)
+
+
+def _write_llama(directory: Path, config, state: dict, tokens: SpecialTokens, source: Path) -> None:
+    """config.json and model.safetensors in transformers' Llama layout (plugins/openelm/llama.py)."""
+    from safetensors.torch import save_file
+
+    from plugins.openelm.convert import SAFETENSORS_FILE, _dtype_name
+    from plugins.openelm.llama import config_to_llama, state_to_llama
+
+    tensors = state_to_llama(state, config, source)
+    save_file(tensors, str(directory / SAFETENSORS_FILE), metadata={"format": "pt"})
+    _write_json(directory / CONFIG_FILE, config_to_llama(config, _dtype_name(tensors), tokens.eos_id))
+
+
 def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries=None,
-              tokenizer: str | Path | None = None) -> Path:
+              tokenizer: str | Path | None = None, layout: str = "openelm") -> Path:
     """Export a toolkit OpenELM checkpoint (or a run's latest) as a stand-alone HF directory `out_dir`.
+
+    `layout` "openelm": Apple's OpenELM layout with our modelling code (any OpenELM); "llama":
+    transformers' own LlamaForCausalLM layout, no code shipped, for the models that are Llamas
+    (uniform widths, no Q/K norm: a SmolLM2 import and what is trained from it).
 
     `load_model` checks the recipe's model and that the weights fit it; the tensors written are the
     checkpoint file's own (same dtype and bits), not the model's float32 copies of them.
@@ -200,6 +225,12 @@ def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries
     if config.ffn_activation != "silu" or config.relu_after_norm:
         raise CheckpointError(f"{loaded.checkpoint_dir}: a relufied model (ffn_activation {config.ffn_activation}, "
                               f"relu_after_norm {config.relu_after_norm}) has no Hugging Face OpenELM equivalent")
+    if layout == "llama":
+        from plugins.openelm.llama import check_llama_exportable
+
+        check_llama_exportable(config, loaded.checkpoint_dir)
+    elif layout != "openelm":
+        raise ValueError(f"layout must be openelm or llama, got {layout!r}")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise CheckpointError(f"--tokenizer {tokenizer}: no such file")
     tokenizer_path = Path(tokenizer) if tokenizer else find_run_tokenizer(
@@ -211,6 +242,11 @@ def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries
     # the umask's permissions (safetensors writes 0600) and everything fsynced; on failure nothing
     # is left behind.
     with atomic_path(out_dir) as staging:
-        write_hf(config, state, staging)
-        _complete(staging, tokenizer_path, tokens, config.max_context_length)
+        if layout == "llama":
+            staging.mkdir()
+            _write_llama(staging, config, state, tokens, loaded.checkpoint_dir)
+            _write_tokenizer(staging, tokenizer_path, tokens, config.max_context_length)
+        else:
+            write_hf(config, state, staging)
+            _complete(staging, tokenizer_path, tokens, config.max_context_length)
     return out_dir

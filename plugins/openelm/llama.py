@@ -172,3 +172,68 @@ def import_llama(src: str | Path) -> tuple[OpenELM, OpenELMConfig]:
     raw = {key: value.float() if value.is_floating_point() else value for key, value in raw.items()}
     state = state_from_llama(raw, config, weights_path)
     return build_from_state(config, state, weights_path), config
+
+
+def check_llama_exportable(config: OpenELMConfig, source: str | Path) -> None:
+    """CheckpointError (one line) unless the model is a Llama: uniform widths, no Q/K norm, SwiGLU."""
+    widths = config.layer_widths()
+    if any(layer != widths[0] for layer in widths):
+        raise CheckpointError(f"{source}: the layers' widths differ (layer-wise scaling); the Llama layout needs "
+                              "uniform ones", hint="export with --format hf (the OpenELM layout)")
+    if config.normalize_qk:
+        raise CheckpointError(f"{source}: normalize_qk is true; Llama has no Q/K norm",
+                              hint="export with --format hf (the OpenELM layout)")
+    if config.ffn_activation != "silu" or config.relu_after_norm:
+        raise CheckpointError(f"{source}: ffn_activation {config.ffn_activation} / relu_after_norm "
+                              f"{config.relu_after_norm}: Llama's MLP is SwiGLU after plain norms")
+
+
+def config_to_llama(config: OpenELMConfig, torch_dtype: str, eos_id: int) -> dict[str, Any]:
+    """The transformers LlamaConfig (config.json's dict) of a model check_llama_exportable accepts;
+    config_from_llama reads it back to `config`."""
+    widths = config.layer_widths()[0]
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": config.vocab_size, "hidden_size": config.model_dim, "intermediate_size": widths.ffn_dim,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": widths.num_query_heads,
+        "num_key_value_heads": widths.num_kv_heads, "head_dim": config.head_dim,
+        "max_position_embeddings": config.max_context_length, "rms_norm_eps": config.norm_eps,
+        # transformers 5 reads rope_parameters, 4 reads rope_theta: both, equal.
+        "rope_theta": config.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": config.tie_embeddings, "initializer_range": config.init_std,
+        "torch_dtype": torch_dtype, "bos_token_id": eos_id, "eos_token_id": eos_id, "use_cache": True,
+    }
+
+
+def state_to_llama(state: dict[str, torch.Tensor], config: OpenELMConfig, source: str | Path
+                   ) -> dict[str, torch.Tensor]:
+    """The inverse of state_from_llama: our fused q/k/v and gate/up split back into Llama's tensors
+    (each its own contiguous copy: safetensors refuses views of one storage)."""
+    widths = config.layer_widths()[0]
+    query, key_value = widths.num_query_heads * config.head_dim, widths.num_kv_heads * config.head_dim
+    split_sizes = {"attn.qkv_proj.weight": [query, key_value, key_value],
+                   "ffn.proj_1.weight": [widths.ffn_dim, widths.ffn_dim]}
+    state = {key: value for key, value in state.items() if not key.endswith(("rope_cos", "rope_sin"))}
+    used: set[str] = set()
+
+    def take(key: str) -> torch.Tensor:
+        if key not in state:
+            raise CheckpointError(f"{source}: the checkpoint lacks '{key}'")
+        used.add(key)
+        return state[key].detach().to("cpu")
+
+    out = {"model.embed_tokens.weight": take("token_embeddings.weight"), "model.norm.weight": take("norm.weight")}
+    for index in range(config.num_layers):
+        prefix = f"model.layers.{index}."
+        for theirs, ours in LAYER_RENAMES.items():
+            out[prefix + theirs] = take(f"layers.{index}.{ours}")
+        for ours, parts in LAYER_FUSIONS.items():
+            pieces = take(f"layers.{index}.{ours}").split(split_sizes[ours], dim=0)
+            out.update({prefix + part: piece for part, piece in zip(parts, pieces)})
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = take("lm_head.weight")
+    left = sorted(set(state) - used)
+    if left:
+        raise CheckpointError(f"{source}: {len(left)} tensors have no place in a Llama (e.g. {left[:3]})")
+    return {key: tensor.contiguous().clone() for key, tensor in out.items()}
