@@ -91,19 +91,20 @@ def main_with_arguments(argv: list[str]) -> int:
     # The run directory is checked and locked before anything is built or written.
     claim = claim_run_directory(recipe.values, Path(recipe.trainer.out_dir), arguments.resume, is_main,
                                 overwrite=arguments.overwrite, accept_changes=arguments.accept_changes)
-    trainer = None
+    trainer, finished = None, False
     try:
         parts = assemble(recipe)
         if claim.clear_previous:
             clear_previous_run(claim.run_dir)
         trainer = Trainer(parts, resume=str(claim.resume_from) if claim.resume_from else None)
         result = trainer.fit()
+        finished = True
     except BaseException:
         claim.release(failed=True)
         raise
     finally:
         if trainer is not None:
-            trainer.close()
+            trainer.close(finished)
     claim.release()
     if trainer.context.is_main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.final_metrics.items() if k.startswith("val_"))

@@ -350,5 +350,6 @@ class Trainer:
                 return error
         return None
 
-    def close(self) -> None:
-        distributed.teardown()
+    def close(self, finished: bool = False) -> None:
+        """Leave the process group; `finished`: fit() returned on every rank (distributed.teardown)."""
+        distributed.teardown(synchronize=finished)
