@@ -89,26 +89,22 @@ def _autocast(config: OracleSearchConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-@dataclass
-class _FoldedHead:
-    """The output head with the final RMSNorm's weight folded in: logits = rsqrt(mean(x^2) + eps) x @ columns
-    for a final state x [D], so each leaf's norm is one factor per token, which the compiled loss
-    applies (token_loss.py), and no normed copy of the leaves is written."""
+def _head_losses(model, states: torch.Tensor, labels: torch.Tensor, head_columns: torch.Tensor,
+                 logits_buffer: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy [..., S] of final hidden states [..., S, D] against labels broadcast to [..., S].
 
-    columns: torch.Tensor  # [D, V]: (head * norm weight)^T in the logits' dtype
-    small_columns: torch.Tensor  # [F_small, V]: the last small FFN's down projection, then columns
-    eps: float
-
-    @classmethod
-    def of(cls, model, dtype: torch.dtype) -> "_FoldedHead":
-        head = model.token_embeddings.weight if model.lm_head is None else model.lm_head.weight  # [V, D]
-        columns = (head.detach().float() * model.norm.weight.detach().float()).t()  # [D, V]
-        down = model.layers[-1].small_ffn.proj_2.weight.detach().float()  # [D, F_small]
-        return cls(columns.to(dtype).contiguous(), (down.t() @ columns).to(dtype), model.norm.eps)
-
-    def scales(self, leaves: torch.Tensor) -> torch.Tensor:
-        """The final norm's factor of each token of leaves [..., D]: float32 [tokens]."""
-        return torch.rsqrt(leaves.float().pow(2).mean(dim=-1) + self.eps).flatten()
+    head_columns [D, V] is the output head, transposed, in the dtype the logits are computed in;
+    the logits go into logits_buffer [>= tokens, V] (a fresh tensor per call would cost its page
+    faults). Called on a few thousand tokens at a time so that the logits stay in cache, and scored
+    in their own dtype by token_loss.py's compiled pass (PyTorch's CPU cross-entropy on float32
+    logits was half of the oracle's time).
+    """
+    normed = model.norm(states).to(head_columns.dtype)  # [..., S, D]
+    tokens = normed.shape[:-1].numel()
+    logits = torch.matmul(normed.reshape(tokens, -1), head_columns, out=logits_buffer[:tokens])  # [T, V]
+    targets = labels.expand(normed.shape[:-1])
+    per_token = token_cross_entropy(logits, targets.flatten(), IGNORE_INDEX)
+    return per_token.view(targets.shape).to(states.device)
 
 
 def _attention_step(layer, part: torch.Tensor, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,13 +120,11 @@ def _expand_layer(layer, states: torch.Tensor, cos, sin, allow_skip: bool, max_r
     flat = states.reshape(prefixes * rows, seq, dim)
     children = flat.new_empty(prefixes * rows, choices, seq, dim)
     for start in range(0, flat.shape[0], max_rows):
-        block = children[start:start + max_rows]  # [r, C, S, D]
         after_attention, normed = _attention_step(layer, flat[start:start + max_rows], cos, sin)
-        # Sums straight into the children: a temporary and its copy cost as much as the sum.
-        torch.add(after_attention, layer.ffn(normed), out=block[:, BIG])
-        torch.add(after_attention, layer.small_ffn(normed), out=block[:, SMALL])
+        children[start:start + max_rows, BIG] = after_attention + layer.ffn(normed)
+        children[start:start + max_rows, SMALL] = after_attention + layer.small_ffn(normed)
         if allow_skip:
-            block[:, SKIP] = after_attention
+            children[start:start + max_rows, SKIP] = after_attention
     # [M, n, C, S, D] -> [M, C, n, S, D]: prefix-major, then choice, as the leaf order wants.
     return children.view(prefixes, rows, choices, seq, dim).transpose(1, 2).reshape(prefixes * choices, rows, seq, dim)
 
@@ -141,10 +135,7 @@ def _score_last_layer(model, states: torch.Tensor, labels: torch.Tensor, cos, si
 
     The same as expanding the last layer and scoring its leaves, without writing the leaves: each
     block of rows goes through attention and both FFNs, and each child is scored while its states
-    are still in cache (the leaves of 2 sequences are 380 MB of float32). The head is linear in a
-    leaf up to its norm's factor (_FoldedHead), so with skip allowed the small child's logits are
-    the skip child's plus the small FFN's activations through its down projection and the head,
-    a product of depth F_small (1/16 of the FFN) instead of D.
+    are still in cache (the leaves of 2 sequences are 380 MB of float32).
     """
     layer = model.layers[-1]
     prefixes, rows, seq, dim = states.shape
@@ -153,39 +144,20 @@ def _score_last_layer(model, states: torch.Tensor, labels: torch.Tensor, cos, si
     row_labels = labels.repeat(prefixes, 1)  # [M * n, S], row m * n + j holds sequence j
     losses = torch.empty(prefixes * rows, choices, seq, device=states.device)
     head_rows = max(1, config.max_head_tokens // seq)
-    logits_dtype = torch.bfloat16 if config.precision == "bfloat16" else model.norm.weight.dtype  # as autocast
-    head = _FoldedHead.of(model, logits_dtype)
-    vocab = head.columns.shape[1]
-    # Two reused logits buffers (a fresh tensor per call would cost its page faults).
-    shared, own = (torch.empty(head_rows * seq, vocab, dtype=logits_dtype, device=states.device) for _ in range(2))
-
-    def score(leaves: torch.Tensor, targets: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        tokens = targets.numel()
-        logits = torch.matmul(leaves.reshape(tokens, dim).to(logits_dtype), head.columns, out=out[:tokens])  # [T, V]
-        return token_cross_entropy(logits, targets, IGNORE_INDEX, head.scales(leaves))
-
+    head = model.token_embeddings.weight if model.lm_head is None else model.lm_head.weight  # [V, D]
+    logits_dtype = torch.bfloat16 if config.precision == "bfloat16" else head.dtype  # what autocast would give
+    head_columns = head.detach().to(logits_dtype).t()  # [D, V]
+    logits_buffer = torch.empty(head_rows * seq, head.shape[0], dtype=logits_dtype, device=states.device)
     for start in range(0, flat.shape[0], config.max_rows):
         after_attention, normed = _attention_step(layer, flat[start:start + config.max_rows], cos, sin)
-        big = layer.ffn(normed)  # [r, S, D]
-        small_activations = layer.small_ffn.intermediate(normed)  # [r, S, F_small]
-        small = layer.small_ffn.proj_2(small_activations)  # [r, S, D]
+        outputs = {BIG: layer.ffn(normed), SMALL: layer.small_ffn(normed)}  # each [r, S, D]
         for first in range(0, after_attention.shape[0], head_rows):
             base = after_attention[first:first + head_rows]  # [h, S, D]
-            block = slice(first, first + base.shape[0])
             rows_done = slice(start + first, start + first + base.shape[0])
-            targets = row_labels[rows_done].flatten()  # [h * S]
-            shape = base.shape[:-1]
-            if config.allow_skip:
-                losses[rows_done, SKIP] = score(base, targets, shared).view(shape)
-                tokens = targets.numel()
-                addend = torch.matmul(small_activations[block].reshape(tokens, -1).to(logits_dtype),
-                                      head.small_columns, out=own[:tokens])  # [T, V]
-                small_losses = token_cross_entropy(shared[:tokens], targets, IGNORE_INDEX,
-                                                   head.scales(base + small[block]), addend)
-            else:
-                small_losses = score(base + small[block], targets, own)
-            losses[rows_done, SMALL] = small_losses.view(shape)
-            losses[rows_done, BIG] = score(base + big[block], targets, own).view(shape)
+            for choice in range(choices):
+                leaf = base if choice == SKIP else base + outputs[choice][first:first + head_rows]
+                losses[rows_done, choice] = _head_losses(model, leaf, row_labels[rows_done], head_columns,
+                                                         logits_buffer)
     # [M, n, C, S] -> [M, C, n, S], the leaf order.
     return losses.view(prefixes, rows, choices, seq).transpose(1, 2).reshape(prefixes * choices, rows, seq)
 

@@ -5,8 +5,7 @@ is 12 million rows of 4,096 logits. PyTorch's CPU `cross_entropy` (a log-softmax
 runs at about half a billion logits a second here, which made it half of the oracle's time. Here
 one compiled pass per row (numba) reads the logits in the dtype they were computed in (bfloat16 or
 float32), takes the row's maximum, sums exp(logit - max) with a vectorisable exponential, and
-returns max + log(sum) - logit[target]. Optionally each row is first multiplied by a
-factor of its own and has a second block of logits added (see token_cross_entropy).
+returns max + log(sum) - logit[target].
 
 The exponential: exp(x) = 2^t with t = x log2(e) <= 0, split as t = k + f with k an integer and
 |f| <= 1/2; 2^f = e^(f ln 2) by its Taylor series to the 6th power (relative error below 2e-7
@@ -37,14 +36,12 @@ ROWS_PER_TASK = 64  # rows one parallel task scores with its own scratch
 LANES = 16  # running maxima side by side: one AVX-512 register of float32
 
 
-def _exponentials(values: np.ndarray, exponents: np.ndarray, peak: np.float32, scale: np.float32) -> None:
-    """values <- e^y and exponents <- k, where scale (values - peak) = (k + y / ln 2) / log2(e): the
-    row's exp(scale (value - peak)) = e^y 2^k, its two factors (a loop of its own, so that LLVM
-    vectorises it). scale > 0."""
+def _exponentials(values: np.ndarray, exponents: np.ndarray, peak: np.float32) -> None:
+    """values <- e^y and exponents <- k, where values - peak = (k + y / ln 2) / log2(e): the row's
+    exp(value - peak) = e^y 2^k, its two factors (a loop of its own, so that LLVM vectorises it)."""
     c1, c2, c3, c4, c5, c6 = TAYLOR
-    to_power = scale * LOG2_E
     for column in range(values.shape[0]):
-        power = (values[column] - peak) * to_power  # <= 0
+        power = (values[column] - peak) * LOG2_E  # <= 0
         power = power if power > LOWEST_POWER else LOWEST_POWER
         whole = np.int32(power - HALF)  # truncation: within 1/2 of power
         y = (power - np.float32(whole)) * LN_2
@@ -70,17 +67,14 @@ def _row_max(values: np.ndarray, lanes: np.ndarray) -> np.float32:
     return largest
 
 
-def _row_losses(logit_bits: np.ndarray, addend_bits: np.ndarray, has_addend: bool, scales: np.ndarray, widen: int,
-                targets: np.ndarray, ignore_index: int, first: int, last: int, values: np.ndarray, extra: np.ndarray,
-                exponents: np.ndarray, lanes: np.ndarray, out: np.ndarray) -> None:
-    """out[first:last]: the loss of each row's logits, scales[row] (logit_bits[row] + addend_bits[row]).
-    logit_bits, addend_bits [N, V] (addend_bits only read when has_addend): float32 bits (int32,
-    widen 0) or bfloat16 bits (uint16, widen 16); values, extra [V] float32, exponents [V] int32,
-    lanes [LANES] float32 are scratch.
+def _row_losses(logit_bits: np.ndarray, widen: int, targets: np.ndarray, ignore_index: int, first: int, last: int,
+                values: np.ndarray, exponents: np.ndarray, lanes: np.ndarray, out: np.ndarray) -> None:
+    """out[first:last]: the loss of each row. logit_bits [N, V]: float32 bits (int32, widen 0) or
+    bfloat16 bits (uint16, widen 16); values [V] float32, exponents [V] int32, lanes [LANES] float32
+    are scratch.
     All bit work is in int32: a conversion to unsigned would keep LLVM from vectorising."""
     vocab = logit_bits.shape[1]
     bits = values.view(np.int32)
-    extra_bits = extra.view(np.int32)
     for row in range(first, last):
         target = targets[row]
         if target == ignore_index:
@@ -89,26 +83,19 @@ def _row_losses(logit_bits: np.ndarray, addend_bits: np.ndarray, has_addend: boo
         source = logit_bits[row]
         for column in range(vocab):  # bfloat16 is the top half of a float32
             bits[column] = np.int32(source[column]) << widen
-        if has_addend:
-            more = addend_bits[row]
-            for column in range(vocab):
-                extra_bits[column] = np.int32(more[column]) << widen
-            for column in range(vocab):
-                values[column] += extra[column]
-        scale = scales[row]
         target_logit = values[target]
-        peak = _row_max(values, lanes)  # the scaled row's maximum is scale * peak: scale > 0
-        _exponentials(values, exponents, peak, scale)
+        peak = _row_max(values, lanes)
+        _exponentials(values, exponents, peak)
         for column in range(vocab):  # times 2^k: add k to the exponent field
             bits[column] += exponents[column] << 23
         total = np.float32(0.0)
         for column in range(vocab):
             total += values[column]
-        out[row] = scale * (peak - target_logit) + np.log(total)
+        out[row] = peak + np.log(total) - target_logit
 
 
-def _all_rows(logit_bits: np.ndarray, addend_bits: np.ndarray, has_addend: bool, scales: np.ndarray, widen: np.int32,
-              targets: np.ndarray, ignore_index: int, out: np.ndarray) -> int:
+def _all_rows(logit_bits: np.ndarray, widen: np.int32, targets: np.ndarray, ignore_index: int,
+              out: np.ndarray) -> int:
     """Every row's loss into out [N], tasks of ROWS_PER_TASK rows in parallel; returns the number of
     targets outside [0, V) that are not ignore_index (then nothing is scored: the loop reads
     logit_bits[row, target] unchecked)."""
@@ -122,12 +109,11 @@ def _all_rows(logit_bits: np.ndarray, addend_bits: np.ndarray, has_addend: bool,
     tasks = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     for task in numba.prange(tasks):
         values = np.empty(vocab, np.float32)
-        extra = np.empty(vocab, np.float32)
         exponents = np.empty(vocab, np.int32)
         lanes = np.empty(LANES, np.float32)
         first = task * ROWS_PER_TASK
-        _row_losses(logit_bits, addend_bits, has_addend, scales, widen, targets, ignore_index, first,
-                    min(first + ROWS_PER_TASK, rows), values, extra, exponents, lanes, out)
+        _row_losses(logit_bits, widen, targets, ignore_index, first, min(first + ROWS_PER_TASK, rows),
+                    values, exponents, lanes, out)
     return 0
 
 
@@ -141,32 +127,16 @@ if numba is not None:
 BITS = {torch.bfloat16: (torch.int16, np.uint16, 16), torch.float32: (torch.int32, np.int32, 0)}
 
 
-def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
-                        scales: torch.Tensor | None = None, addend: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row cross-entropy float32 [N] of scales[:, None] (logits + addend) against targets int64 [N]
-    (0 where ignored): logits [N, V]; addend, like logits, or None (nothing added); scales float32
-    [N], each > 0, or None (all 1). The oracle folds the final RMSNorm's per-token factor into the
-    scales and adds a low-rank FFN's share of the logits as the addend (oracle.py)."""
-    if addend is not None and (addend.shape != logits.shape or addend.dtype != logits.dtype):
-        raise ValueError(f"addend {tuple(addend.shape)} {addend.dtype} must match logits "
-                         f"{tuple(logits.shape)} {logits.dtype}")
-    if scales is not None and not bool((scales > 0).all()):
-        raise ValueError("scales must be > 0")
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Per-row cross-entropy float32 [N] of logits [N, V] against targets int64 [N] (0 where ignored)."""
     if numba is None or logits.device.type != "cpu" or logits.dtype not in BITS or logits.requires_grad:
-        full = logits.float() if addend is None else logits.float() + addend.float()
-        if scales is not None:
-            full = full * scales.float()[:, None]
-        return F.cross_entropy(full, targets, ignore_index=ignore_index, reduction="none")
+        return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="none")
     signed, unsigned, widen = BITS[logits.dtype]
     bits = logits.contiguous().view(signed).numpy().view(unsigned)  # [N, V], the same memory
-    addend_bits = bits if addend is None else addend.contiguous().view(signed).numpy().view(unsigned)
-    row_scales = (np.ones(logits.shape[0], np.float32) if scales is None
-                  else scales.detach().to(torch.float32).contiguous().numpy())
     out = np.empty(logits.shape[0], np.float32)
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != threads:  # the oracle's thread count, set once (not free per call)
         numba.set_num_threads(threads)
-    if _all_rows(bits, addend_bits, addend is not None, row_scales, np.int32(widen), targets.contiguous().numpy(),
-                 ignore_index, out):
+    if _all_rows(bits, np.int32(widen), targets.contiguous().numpy(), ignore_index, out):
         raise IndexError(f"targets must lie in [0, {logits.shape[1]}) or equal {ignore_index}")
     return torch.from_numpy(out)

@@ -41,29 +41,3 @@ def test_a_wrong_target_fails_the_tolerance():
 def test_targets_outside_the_vocabulary_are_refused():
     with pytest.raises(IndexError, match=r"targets must lie in \[0, 16\) or equal -100"):
         token_cross_entropy(torch.zeros(2, 16), torch.tensor([3, 16]), IGNORE)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_scaled_rows_with_an_addend_equal_torch_on_their_sum(dtype):
-    # The oracle's folded head: each row times its final-norm factor, the small FFN's logits added.
-    generator = torch.Generator().manual_seed(3)
-    logits = (torch.randn(130, 4096, generator=generator) * 4).to(dtype)
-    addend = (torch.randn(130, 4096, generator=generator) * 2).to(dtype)
-    scales = torch.rand(130, generator=generator) * 2.5 + 0.5
-    targets = torch.randint(0, 4096, (130,), generator=generator)
-    targets[5] = IGNORE
-    expected = reference((logits.float() + addend.float()) * scales[:, None], targets)
-    losses = token_cross_entropy(logits, targets, IGNORE, scales, addend)
-    torch.testing.assert_close(losses, expected, rtol=1e-6, atol=2e-5)
-    for wrong in (token_cross_entropy(logits, targets, IGNORE, None, addend),  # the factors dropped
-                  token_cross_entropy(logits, targets, IGNORE, scales)):  # the addend dropped
-        assert not torch.allclose(wrong, expected, rtol=1e-6, atol=2e-5)
-
-
-def test_a_mismatched_addend_or_a_factor_that_is_not_positive_is_refused():
-    logits = torch.zeros(4, 16)
-    targets = torch.zeros(4, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"addend \(4, 8\) torch.float32 must match logits \(4, 16\)"):
-        token_cross_entropy(logits, targets, IGNORE, addend=torch.zeros(4, 8))
-    with pytest.raises(ValueError, match="scales must be > 0"):
-        token_cross_entropy(logits, targets, IGNORE, scales=torch.tensor([1.0, 0.0, 1.0, 1.0]))
