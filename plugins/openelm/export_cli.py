@@ -27,7 +27,8 @@ FORMATS = {"hf": "openelm", "hf-llama": "llama"}  # --format -> export_hf's layo
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="toolkit-export", description=__doc__.splitlines()[0])
     parser.add_argument("path", metavar="CHECKPOINT_OR_RUN_DIR", help="checkpoint directory or run directory")
-    parser.add_argument("--format", choices=FORMATS, required=True, help="output layout (hf: Hugging Face OpenELM with our modelling code; hf-llama: "
+    parser.add_argument("--format", choices=FORMATS, required=True,
+                        help="output layout (hf: Hugging Face OpenELM with our modelling code; hf-llama: "
                              "transformers' LlamaForCausalLM, for uniform-width models such as a SmolLM2 import)")
     parser.add_argument("--out", metavar="DIR", required=True, help="output directory (created)")
     parser.add_argument("--tokenizer", metavar="FILE", default=None,
@@ -40,7 +41,8 @@ def run(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
     from plugins.openelm.hf_export import export_hf  # imports torch: only once the arguments are good
 
-    out_dir = export_hf(arguments.path, arguments.out, tokenizer=arguments.tokenizer, layout=FORMATS[arguments.format])
+    out_dir = export_hf(arguments.path, arguments.out, tokenizer=arguments.tokenizer,
+                        layout=FORMATS[arguments.format])
     print(f"wrote {out_dir} ({', '.join(sorted(path.name for path in out_dir.iterdir()))})")
     return 0
 

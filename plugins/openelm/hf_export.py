@@ -135,28 +135,25 @@ def text_start_tokenizer(tokenizer_path: Path, tokens: SpecialTokens) -> str:
     return backend.to_str(pretty=True)
 
 
-def tokenizer_files(tokens: SpecialTokens, context_length: int, json_tokenizer: bool = False) -> dict[str, dict[str, Any]]:
+def tokenizer_files(tokens: SpecialTokens, context_length: int,
+                    json_tokenizer: bool = False) -> dict[str, dict[str, Any]]:
     """tokenizer_config.json, special_tokens_map.json and generation_config.json for transformers."""
     eos, eos_id = tokens.eos, tokens.eos_id
     special = {"bos_token": eos, "eos_token": eos, "pad_token": eos, **({"unk_token": tokens.unk} if tokens.unk else {})}
+    common = {"clean_up_tokenization_spaces": False, "model_max_length": context_length, "padding_side": "left",
+              **special}
     if json_tokenizer:  # the start token comes from the file's post-processor (text_start_tokenizer)
-        tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                            "model_max_length": context_length, "padding_side": "left", **special}
-        generation = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id, "do_sample": False}
-        return {"tokenizer_config.json": tokenizer_config, "special_tokens_map.json": special,
-                "generation_config.json": generation}
-    tokenizer_config = {
-        "tokenizer_class": "LlamaTokenizer",  # the SentencePiece-backed class transformers knows
-        # Documents start after the end-of-text token in training: transformers puts it before a text.
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "add_prefix_space": False,
-        "legacy": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": context_length,
-        "padding_side": "left",
-        **special,
-    }
+        tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", **common}
+    else:
+        tokenizer_config = {
+            "tokenizer_class": "LlamaTokenizer",  # the SentencePiece-backed class transformers knows
+            # Documents start after the end-of-text token in training: transformers puts it before a text.
+            "add_bos_token": True,
+            "add_eos_token": False,
+            "add_prefix_space": False,
+            "legacy": False,
+            **common,
+        }
     generation = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id, "do_sample": False}
     return {"tokenizer_config.json": tokenizer_config, "special_tokens_map.json": special,
             "generation_config.json": generation}
