@@ -44,7 +44,7 @@ def run_ranks(cell_dir: Path) -> None:
     from toolkit.plugins import get_registries
     from toolkit.recipe import load_recipe
 
-    report, trainer = {"status": "ok"}, None
+    report, trainer, finished = {"status": "ok"}, None, False
     try:
         for name, overrides in STRATEGIES.items():
             recipe = load_recipe("openelm/tiny.yaml", [*TINY, *overrides, f"trainer.out_dir={cell_dir / name}"],
@@ -54,9 +54,10 @@ def run_ranks(cell_dir: Path) -> None:
             report[name] = {"losses": measured["losses"], "step_tokens": measured["step_tokens"],
                             "world_size": measured["world_size"],
                             "gathered_after_forward": weights_stay_gathered_after_forward(trainer)}
+        finished = True
     finally:
         if trainer is not None:
-            trainer.close()
+            trainer.close(finished)  # as toolkit-train: a barrier before leaving the group after success
     if int(os.environ["RANK"]) == 0:
         atomic_write_text(cell_dir / RESULT_FILE, json.dumps(report))
 

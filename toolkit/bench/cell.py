@@ -108,10 +108,13 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
     recipe = load_recipe(spec["recipe"], spec["overrides"], get_registries())
     trainer = build_trainer(recipe)  # measures the matmul peak when trainer.peak_flops is 0
+    finished = False
     try:
-        return measure_steps(trainer, spec["total_steps"])
+        result = measure_steps(trainer, spec["total_steps"])
+        finished = True
+        return result
     finally:
-        trainer.close()
+        trainer.close(finished)  # every rank measured: wait for each other before leaving the group
 
 
 def main(argv: list[str]) -> int:
