@@ -18,7 +18,7 @@ import torch
 from plugins.lm.hf_model import HFLanguageModel, is_gguf, load_hf_language_model
 from plugins.lm.language_model import LanguageModel
 from plugins.lm.tokenizer import Tokenizer, load_tokenizer
-from plugins.lm.tokenizer_files import RUN_TOKENIZER_FILES, run_tokenizer_file
+from plugins.lm.tokenizer_files import RUN_TOKENIZER_FILES, run_tokenizer_file, trained_tokenizer_file
 from toolkit.errors import CheckpointError, DataError
 from toolkit.importers import importer_for
 from toolkit.registry import Component
@@ -31,13 +31,9 @@ ACCEPTED_MODELS = ("--model takes a toolkit run or checkpoint directory, a Huggi
 
 def find_tokenizer(run_dir: Path, recipe: dict[str, Any]) -> Tokenizer:
     """The run's copied tokenizer, else the file the recipe's data section names."""
-    candidates = [run_tokenizer_file(run_dir) or run_dir / TOKENIZER_FILE]
-    configured = (recipe.get("data") or {}).get("tokenizer")
-    if configured:
-        candidates.append(Path(configured))
-    for candidate in candidates:
-        if candidate.is_file():
-            return load_tokenizer(candidate)
+    found = trained_tokenizer_file([run_dir], recipe)
+    if found is not None:
+        return load_tokenizer(found)
     raise DataError(f"{run_dir}: no {' or '.join(RUN_TOKENIZER_FILES)} in the run directory and the recipe names "
                     "no tokenizer file",
                     hint="copy the tokenizer the run was trained with to " + str(run_dir / TOKENIZER_FILE))

@@ -27,6 +27,16 @@ def tokenizer_run_files(path: str | Path) -> dict[str, Path]:
     return files
 
 
+def trained_tokenizer_file(directories: list[Path], recipe: dict) -> Path | None:
+    """The tokenizer a run trained with: the first of `directories` (a checkpoint, its run) that
+    keeps one, else the recipe's `data.tokenizer` if that file exists; None when neither does."""
+    candidates = [found for found in map(run_tokenizer_file, directories) if found is not None]
+    configured = (recipe.get("data") or {}).get("tokenizer")
+    if configured:
+        candidates.append(Path(configured).expanduser())
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
 def run_tokenizer_file(directory: Path) -> Path | None:
     """The tokenizer a run (or export, or soup) directory keeps, or None when it has none."""
     for name in RUN_TOKENIZER_FILES:

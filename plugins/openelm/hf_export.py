@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plugins.lm.tokenizer_files import JSON_FILE, RUN_TOKENIZER_FILES
+from plugins.lm.tokenizer_files import JSON_FILE, RUN_TOKENIZER_FILES, trained_tokenizer_file
 from plugins.openelm.convert import CONFIG_FILE, write_hf
 from plugins.openelm.model import OpenELM
 from toolkit.checkpoint import SINGLE_MODEL, trained_weights
@@ -65,13 +65,9 @@ def is_json_tokenizer(path: Path) -> bool:
 def find_run_tokenizer(checkpoint_dir: Path, run_dir: Path, recipe: dict[str, Any]) -> Path:
     """The tokenizer a run trained with: its copy in the checkpoint or run directory (tokenizer.model
     or tokenizer.json), else the recipe's `data.tokenizer`."""
-    candidates = [directory / name for directory in (checkpoint_dir, run_dir) for name in RUN_TOKENIZER_FILES]
-    configured = (recipe.get("data") or {}).get("tokenizer")
-    if configured:
-        candidates.append(Path(configured).expanduser())
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
+    found = trained_tokenizer_file([checkpoint_dir, run_dir], recipe)
+    if found is not None:
+        return found
     raise CheckpointError(f"{run_dir}: no {' or '.join(RUN_TOKENIZER_FILES)} in the run directory and the recipe "
                           "names no data.tokenizer", hint="pass --tokenizer with the tokenizer file the run was "
                                                           "trained with (a SentencePiece .model or a tokenizer.json)")
@@ -219,15 +215,15 @@ def export_hf(checkpoint_or_run_dir: str | Path, out_dir: str | Path, registries
         raise CheckpointError(f"{loaded.checkpoint_dir}: model {name!r} is {type(loaded.model).__name__}, "
                               f"not OpenELM; only OpenELM models export to the Hugging Face layout")
     config = loaded.model.config
-    if config.ffn_activation != "silu" or config.relu_after_norm:
-        raise CheckpointError(f"{loaded.checkpoint_dir}: a relufied model (ffn_activation {config.ffn_activation}, "
-                              f"relu_after_norm {config.relu_after_norm}) has no Hugging Face OpenELM equivalent")
     if layout == "llama":
         from plugins.openelm.llama import check_llama_exportable
 
         check_llama_exportable(config, loaded.checkpoint_dir)
     elif layout != "openelm":
         raise ValueError(f"layout must be openelm or llama, got {layout!r}")
+    if config.ffn_activation != "silu" or config.relu_after_norm:
+        raise CheckpointError(f"{loaded.checkpoint_dir}: a relufied model (ffn_activation {config.ffn_activation}, "
+                              f"relu_after_norm {config.relu_after_norm}) has no Hugging Face OpenELM equivalent")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise CheckpointError(f"--tokenizer {tokenizer}: no such file")
     tokenizer_path = Path(tokenizer) if tokenizer else find_run_tokenizer(

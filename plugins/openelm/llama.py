@@ -26,7 +26,8 @@ import torch
 
 from plugins.lm.hf_model import is_gguf
 from plugins.openelm.config import OpenELMConfig
-from plugins.openelm.convert import CONFIG_FILE, _read_json, build_from_state, hf_config_path, read_hf_weights
+from plugins.openelm.convert import (CONFIG_FILE, _is_buffer, _read_json, build_from_state, hf_config_path,
+                                     read_hf_weights)
 from plugins.openelm.model import OpenELM
 from toolkit.errors import CheckpointError
 
@@ -214,7 +215,7 @@ def state_to_llama(state: dict[str, torch.Tensor], config: OpenELMConfig, source
     query, key_value = widths.num_query_heads * config.head_dim, widths.num_kv_heads * config.head_dim
     split_sizes = {"attn.qkv_proj.weight": [query, key_value, key_value],
                    "ffn.proj_1.weight": [widths.ffn_dim, widths.ffn_dim]}
-    state = {key: value for key, value in state.items() if not key.endswith(("rope_cos", "rope_sin"))}
+    state = {key: value for key, value in state.items() if not _is_buffer(key)}
     used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:
